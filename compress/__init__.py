@@ -1,0 +1,19 @@
+"""compress: make LLMs smaller and better offline, working on their checkpoints.
+
+The functions here are the ones the CLI calls:
+
+    import compress
+    compress.convert("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")
+    model, tok = compress.load("smollm2")
+    compress.perplexity("smollm2", data="wiki.test.raw", seq_len=512, max_windows=8)
+    compress.inspect("smollm2")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from compress.api import convert, inspect, load, perplexity  # noqa: E402
+from compress.errors import CompressError  # noqa: E402
+
+__all__ = ["CompressError", "__version__", "convert", "inspect", "load", "perplexity"]

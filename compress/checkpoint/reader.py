@@ -1,0 +1,269 @@
+"""Lazy reading of a Hugging Face model folder.
+
+A `Checkpoint` knows the tensor names, shapes and dtypes of a folder from the safetensors headers
+alone, and reads one tensor at a time through memory-mapped files. It validates what it can
+before any data is read: a missing folder, a missing `config.json`, an index naming a missing
+shard, a truncated or corrupt safetensors file all raise `CompressError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.errors import CompressError
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+
+# Files copied beside the weights when a checkpoint is rewritten.
+SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+    "F8_E5M2": getattr(torch, "float8_e5m2", None),
+}
+DTYPE_TO_ST = {v: k for k, v in _ST_DTYPES.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives and what it is, known without reading its data."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    file: Path
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """Parse and validate a safetensors header; raise CompressError on a corrupt/truncated file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CompressError(f"corrupt safetensors file {path}: shorter than its 8-byte header length")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100_000_000:
+                raise CompressError(f"corrupt safetensors file {path}: header length {n} exceeds the file")
+            raw = f.read(n)
+    except OSError as e:
+        raise CompressError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CompressError(f"corrupt safetensors file {path}: header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise CompressError(f"corrupt safetensors file {path}: header is not a JSON object")
+    data_len = size - 8 - n
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = meta["data_offsets"]
+            dtype = meta["dtype"]
+            shape = meta["shape"]
+        except (KeyError, TypeError, ValueError):
+            raise CompressError(f"corrupt safetensors file {path}: bad entry for tensor {name!r}") from None
+        if dtype not in _ST_DTYPES or _ST_DTYPES[dtype] is None:
+            raise CompressError(f"unsupported dtype {dtype} for tensor {name!r} in {path}")
+        if end > data_len:
+            raise CompressError(
+                f"truncated safetensors file {path}: tensor {name!r} ends at byte {end} "
+                f"but the file holds {data_len} data bytes"
+            )
+        numel = 1
+        for s in shape:
+            numel *= s
+        esize = torch.empty((), dtype=_ST_DTYPES[dtype]).element_size()
+        if end - begin != numel * esize:
+            raise CompressError(f"corrupt safetensors file {path}: tensor {name!r} has the wrong byte size")
+    return header
+
+
+class Checkpoint:
+    """A Hugging Face model folder, read lazily.
+
+    >>> ckpt = Checkpoint("models/smollm2")
+    >>> ckpt.names()[:2]; ckpt.info("model.embed_tokens.weight").shape
+    >>> w = ckpt.get("model.layers.0.mlp.up_proj.weight")   # one tensor, memory-mapped
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        if str(path).endswith(".gguf"):
+            raise CompressError(f"{path} is a GGUF file: convert it first with `compress convert {path} -o OUT`")
+        if not self.path.exists():
+            raise CompressError(f"model folder not found: {self.path}")
+        if not self.path.is_dir():
+            raise CompressError(f"not a model folder: {self.path} is a file")
+        cfg = self.path / "config.json"
+        if not cfg.is_file():
+            raise CompressError(f"not a model folder: {self.path} has no config.json")
+        try:
+            self.config: dict[str, Any] = json.loads(cfg.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CompressError(f"invalid config.json in {self.path}: {e}") from None
+        self._tensors: dict[str, TensorInfo] = {}
+        self._handles: dict[Path, Any] = {}
+        self._bin_cache: dict[Path, dict[str, torch.Tensor]] = {}
+        self.format = self._index()
+
+    # ---- discovery -------------------------------------------------------------------------
+    def _index(self) -> str:
+        p = self.path
+        if (p / SAFE_INDEX).is_file():
+            files = self._files_from_index(p / SAFE_INDEX)
+            fmt = "safetensors"
+        elif (p / SAFE_SINGLE).is_file():
+            files = [p / SAFE_SINGLE]
+            fmt = "safetensors"
+        elif (p / BIN_INDEX).is_file():
+            files = self._files_from_index(p / BIN_INDEX)
+            fmt = "bin"
+        elif (p / BIN_SINGLE).is_file():
+            files = [p / BIN_SINGLE]
+            fmt = "bin"
+        else:
+            singles = sorted(p.glob("*.safetensors"))
+            if not singles:
+                raise CompressError(f"no weights in {p}: expected model.safetensors or {SAFE_INDEX}")
+            files, fmt = singles, "safetensors"
+        for f in files:
+            if fmt == "safetensors":
+                self._add_safetensors(f)
+            else:
+                self._add_bin(f)
+        if not self._tensors:
+            raise CompressError(f"no tensors found in {p}")
+        return fmt
+
+    def _files_from_index(self, index: Path) -> list[Path]:
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise CompressError(f"invalid index file {index}: no weight_map") from None
+        files = []
+        for shard in dict.fromkeys(weight_map.values()):
+            f = self.path / shard
+            if not f.is_file():
+                raise CompressError(f"index {index.name} names a missing shard: {shard}")
+            files.append(f)
+        return files
+
+    def _add_safetensors(self, f: Path) -> None:
+        header = read_safetensors_header(f)
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            if name in self._tensors:
+                raise CompressError(f"tensor {name!r} appears in two shards ({self._tensors[name].file.name}, {f.name})")
+            self._tensors[name] = TensorInfo(name, tuple(meta["shape"]), _ST_DTYPES[meta["dtype"]], f)
+
+    def _add_bin(self, f: Path) -> None:
+        # Legacy pickle checkpoints: never unpickle arbitrary objects.
+        try:
+            sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001 - any failure here is a bad file
+            raise CompressError(f"cannot read {f} (loaded with weights_only=True): {str(e).splitlines()[0]}") from None
+        self._bin_cache[f] = sd
+        for name, t in sd.items():
+            self._tensors[name] = TensorInfo(name, tuple(t.shape), t.dtype, f)
+
+    # ---- queries ---------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tensors
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise CompressError(f"tensor {name!r} not in {self.path}") from None
+
+    def infos(self) -> list[TensorInfo]:
+        return list(self._tensors.values())
+
+    def files(self) -> list[Path]:
+        return list(dict.fromkeys(t.file for t in self._tensors.values()))
+
+    def size_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.files())
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor (memory-mapped; a copy is made only when the caller writes to it)."""
+        info = self.info(name)
+        if self.format == "bin":
+            return self._bin_cache[info.file][name]
+        handle = self._handles.get(info.file)
+        if handle is None:
+            from safetensors import safe_open
+
+            try:
+                handle = safe_open(str(info.file), framework="pt", device="cpu")
+            except Exception as e:  # noqa: BLE001
+                raise CompressError(f"cannot open {info.file}: {e}") from None
+            self._handles[info.file] = handle
+        return handle.get_tensor(name)
+
+    @property
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(self.config.get("architectures") or [])
+
+    def side_files(self) -> list[Path]:
+        """Tokenizer, chat-template and generation-config files present in the folder."""
+        return [self.path / n for n in SIDE_FILES if (self.path / n).is_file()]
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._bin_cache.clear()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r}, {len(self._tensors)} tensors)"

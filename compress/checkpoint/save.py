@@ -1,0 +1,58 @@
+"""One call that writes a complete HF model folder atomically: weights, config, side files, provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from compress.checkpoint.atomic import atomic_dir
+from compress.checkpoint.provenance import write_provenance
+from compress.checkpoint.writer import DEFAULT_MAX_SHARD, ShardedWriter, TensorSpec
+
+
+def copy_side_files(files: Iterable[str | os.PathLike[str]], folder: str | os.PathLike[str]) -> None:
+    for f in files:
+        shutil.copy2(f, Path(folder) / Path(f).name)
+
+
+def save_checkpoint(
+    output: str | os.PathLike[str],
+    specs: Sequence[TensorSpec],
+    produce: Callable[[ShardedWriter], None],
+    *,
+    config: dict[str, Any],
+    inputs: Sequence[str | os.PathLike[str]] = (),
+    side_files: Iterable[str | os.PathLike[str]] = (),
+    force: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD,
+    command: str | None = None,
+    recipe: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    files: dict[str, str] | None = None,
+    before_commit: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a model folder at `output`; nothing appears there unless everything succeeded.
+
+    `produce(writer)` must call `writer.write(name, tensor)` once for every spec (any order).
+    `before_commit(tmp)` may add more files (e.g. a tokenizer saved by transformers).
+    """
+    with atomic_dir(output, inputs, force) as tmp:
+        writer = ShardedWriter(tmp, specs, max_shard_size)
+        try:
+            produce(writer)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        copy_side_files(side_files, tmp)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
+        if before_commit is not None:
+            before_commit(tmp)
+        write_provenance(tmp, inputs=[str(i) for i in inputs], command=command, recipe=recipe, extra=extra)
+    return Path(output)

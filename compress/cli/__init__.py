@@ -1,0 +1,79 @@
+"""The `compress` command line: click commands that parse options, call the API, print results.
+
+Every command: inputs positional, output folder `-o/--output`, shared option names (`--device`,
+`--dtype`, `--seed`, `--force`, `--data`, `--seq-len`, `--samples`), `--json` for one JSON object
+on stdout. User errors print one line on stderr and exit 1; Ctrl-C exits 130 with nothing written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import click
+
+from compress.errors import CompressError
+
+# command name -> module under compress.cli defining a click command called `command`
+COMMANDS = {
+    "convert": "convert",
+    "inspect": "inspect_cmd",
+    "eval": "eval_cmd",
+    "prune": "prune",
+    "merge": "merge",
+    "distill": "distill",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return [n for n, mod in COMMANDS.items() if importlib.util.find_spec(f"compress.cli.{mod}") is not None]
+
+    def get_command(self, ctx, name):
+        mod = COMMANDS.get(name)
+        if mod is None or importlib.util.find_spec(f"compress.cli.{mod}") is None:
+            return None
+        return importlib.import_module(f"compress.cli.{mod}").command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="compress")
+def cli():
+    """Make large language models smaller and better, offline, on their checkpoints."""
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    try:
+        rv = cli.main(args=argv, prog_name="compress", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except CompressError as e:
+        click.echo(f"error: {e}", err=True)
+        code = 1
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.ClickException as e:
+        e.show()
+        code = e.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted: nothing was written", err=True)
+        code = 130
+    if argv is None:
+        sys.exit(code)
+    return code

@@ -1,0 +1,44 @@
+"""Device and dtype options, shared by every command."""
+
+from __future__ import annotations
+
+import torch
+
+from compress.errors import CompressError
+
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def parse_dtype(name: str | torch.dtype | None, default: torch.dtype | None = None) -> torch.dtype | None:
+    """'bf16' -> torch.bfloat16; 'auto'/None -> `default` (None means: as stored)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name in (None, "auto"):
+        return default
+    try:
+        return DTYPES[str(name).lower()]
+    except KeyError:
+        raise CompressError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}") from None
+
+
+def parse_device(name: str | torch.device | None) -> torch.device:
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CompressError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CompressError(f"device {name} requested but no CUDA GPU is available: use --device cpu")
+    return dev
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")

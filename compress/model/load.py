@@ -1,0 +1,79 @@
+"""Load a model folder into transformers: `compress.load(path)` -> (model, tokenizer).
+
+Missing weights are fatal (plain `from_pretrained` only warns and initialises them randomly), and
+checkpoints written by `compress prune` load with identity blocks without remote code.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.arch import PRUNED_KEY, family_for
+from compress.checkpoint.reader import Checkpoint
+from compress.errors import CompressError
+from compress.model.device import parse_device, parse_dtype
+
+
+def load_tokenizer(path: str | os.PathLike[str]):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CompressError(f"cannot load the tokenizer of {path}: {str(e).splitlines()[0]}") from None
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = "auto",
+    ckpt: Checkpoint | None = None,
+) -> torch.nn.Module:
+    """Load weights with transformers, refusing missing or unexpected tensors."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ckpt = ckpt or Checkpoint(path)
+    family_for(ckpt.config, ckpt.names())  # refuses unsupported architectures with a clear message
+    dev = parse_device(device)
+    torch_dtype = parse_dtype(dtype)
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch_dtype or "auto"}
+    if PRUNED_KEY in ckpt.config:
+        from compress.prune.modeling import load_pruned
+
+        model = load_pruned(ckpt, torch_dtype)
+        return model.to(dev).eval()
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, info = AutoModelForCausalLM.from_pretrained(
+                str(path), config=config, output_loading_info=True, **kwargs
+            )
+    except CompressError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CompressError(f"cannot load the model in {path}: {str(e).splitlines()[0]}") from None
+    missing = [k for k in info.get("missing_keys", []) if k]
+    if missing:
+        raise CompressError(
+            f"{path} lacks {len(missing)} weight tensors (e.g. {sorted(missing)[0]}): refusing to initialise them randomly"
+        )
+    mism = info.get("mismatched_keys") or []
+    if mism:
+        raise CompressError(f"{path}: tensor shapes do not match the config, e.g. {list(mism)[0]}")
+    return model.to(dev).eval()
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device | None = "cpu",
+         dtype: str | torch.dtype | None = "auto"):
+    """Model and tokenizer of a folder. The API behind every command that runs a model."""
+    model = load_model(path, device, dtype)
+    tok = load_tokenizer(path)
+    return model, tok
+
+
