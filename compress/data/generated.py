@@ -20,26 +20,18 @@ def generate_windows(model, tokenizer, samples: int, seq_len: int, seed: int = 0
     if start is None:
         raise CompressError("the tokenizer has neither BOS nor EOS: pass calibration text with --data")
     device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
-    for b0 in range(0, samples, batch_size):
-        b = min(batch_size, samples - b0)
-        ids = torch.full((b, 1), start, dtype=torch.long, device=device)
-        cache = None
-        for _ in range(seq_len - 1):
-            res = model(input_ids=ids if cache is None else ids[:, -1:], past_key_values=cache, use_cache=True)
-            cache = res.past_key_values
-            logits = res.logits[:, -1].float()
-            if tokenizer.eos_token_id is not None:
-                logits[:, tokenizer.eos_token_id] = -float("inf")
-            probs = torch.softmax(logits, -1).cpu()
-            sorted_p, order = probs.sort(-1, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < top_p
-            sorted_p = sorted_p * keep
-            choice = torch.multinomial(sorted_p, 1, generator=gen)
-            nxt = order.gather(-1, choice).to(device)
-            ids = torch.cat([ids, nxt], dim=1)
-        out.append(ids.cpu())
-        if progress is not None:
-            progress(b)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for b0 in range(0, samples, batch_size):
+            b = min(batch_size, samples - b0)
+            ids = torch.full((b, 1), start, dtype=torch.long, device=device)
+            res = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
+                top_p=top_p, min_new_tokens=seq_len - 1, max_new_tokens=seq_len - 1,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start,
+            )
+            out.append(res.cpu())
+            if progress is not None:
+                progress(b)
     return torch.cat(out)
