@@ -1,0 +1,29 @@
+"""Model forward passes restricted to response tokens (no [B, T, V] logits over prompt positions)."""
+
+from __future__ import annotations
+
+import torch
+
+from compress.data.preference import SlotBatch
+from compress.model.logits import decoder_of, head_logits
+
+
+def response_hidden(model: torch.nn.Module, batch: SlotBatch) -> torch.Tensor:
+    """Final hidden states at the positions that predict each response token, row-major: [N, H]."""
+    body = decoder_of(model)
+    dev = next(model.parameters()).device
+    out = body(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev), use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden[:, :-1][batch.response_mask[:, 1:].to(dev)]
+
+
+def response_logits(model: torch.nn.Module, batch: SlotBatch) -> torch.Tensor:
+    """fp32 logits predicting each response token [N, V] (row n predicts `batch.targets[n]`)."""
+    return head_logits(model, response_hidden(model, batch))
+
+
+def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Summed response log-probabilities per sequence [B] from row-major response logits [N, V]."""
+    tok = -torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
+    seq = torch.repeat_interleave(torch.arange(len(lengths), device=logits.device), lengths.to(logits.device))
+    return torch.zeros(len(lengths), device=logits.device, dtype=tok.dtype).index_add(0, seq, tok)

@@ -1,0 +1,75 @@
+"""Student responses for ADPA: batched greedy generation on the prompts of a preference file.
+
+Writes a copy of the preference jsonl with the student's response in its own `student_response`
+column (spec §3.3 item 6: never overwrite `rejected` with generated text), atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from compress.data.preference import PreferenceData
+from compress.errors import CompressError
+
+
+@torch.no_grad()
+def generate_responses(model: torch.nn.Module, tokenizer, prompts: list[list[int]], max_new_tokens: int = 256,
+                       batch_size: int = 8, temperature: float = 0.0, seed: int = 42, advance=None) -> list[str]:
+    """Generate one response per prompt (token ids), left-padded batches; greedy when temperature is 0."""
+    dev = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out: list[str] = []
+    was = model.training
+    model.eval()
+    for b0 in range(0, len(prompts), batch_size):
+        chunk = prompts[b0: b0 + batch_size]
+        t = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), t), pad, dtype=torch.long)
+        att = torch.zeros((len(chunk), t), dtype=torch.long)
+        for i, p in enumerate(chunk):
+            ids[i, t - len(p):] = torch.tensor(p)
+            att[i, t - len(p):] = 1
+        kwargs = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature, "top_p": 1.0}
+        if temperature:
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        seqs = model.generate(input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=max_new_tokens,
+                              pad_token_id=pad, eos_token_id=eos, **kwargs)
+        for row in seqs[:, t:].tolist():
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        if advance:
+            advance(len(chunk))
+    model.train(was)
+    return out
+
+
+def write_generated(data: PreferenceData, responses: list[str], output: str | os.PathLike[str],
+                    force: bool = False) -> Path:
+    """Copy the kept records of `data` with `student_response` added, written atomically."""
+    out = Path(output)
+    if out.exists() and not force:
+        raise CompressError(f"output {output} exists: pass --force to overwrite it")
+    if out.resolve() == Path(data.path).resolve():
+        raise CompressError(f"output {output} is the input data file: choose another file")
+    lines = Path(data.path).read_text(encoding="utf-8").splitlines()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for ex, resp in zip(data.examples, responses, strict=True):
+                rec = json.loads(lines[ex.line - 1])
+                rec["student_response"] = resp
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

@@ -1,0 +1,216 @@
+"""Teacher signals: online (teacher model beside the student) or from a top-k cache on disk.
+
+Cache format (spec distill.md §1.2), one folder:
+- `cache.json`: format, teacher (+ reference teacher) path and content hash, tokenizer hash (of
+  `get_vocab()`), vocabulary size, k, capture temperature, chat template, data path, data fingerprint
+  (sha256 of the tokenised pairs: detects other data, tokenizer or truncation), slots, shard files.
+- `<slot>-NNNNN.safetensors` per slot (chosen, rejected, generated): `ids` int32 [N_tok, k],
+  `logprobs` fp16 [N_tok, k], `rest_logprob` fp32 [N_tok] (log of the remaining mass), `labels` int32
+  [N_tok] (the tokenisation the teacher saw), `offsets` int64 [N_seq + 1]; with a reference teacher
+  also `ref_logprobs` fp16 [N_tok, k]: the reference's log-probs at the teacher's top-k ids, so the
+  ADPA advantage needs no fill value for ids missing from the reference's own top-k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from compress.checkpoint.atomic import atomic_dir
+from compress.data.preference import PreferenceData, PreferenceExample, SlotBatch, collate_slot
+from compress.distill.forward import response_logits
+from compress.distill.losses import topk_from_logits
+from compress.errors import CompressError
+
+CACHE_FORMAT = "compress-teacher-cache/1"
+SEQS_PER_SHARD = 4096
+
+
+def vocab_hash(tokenizer) -> str:
+    """sha256 of the token -> id map (spec §1.4: compare get_vocab(), not vocab_size)."""
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
+def check_same_vocab(student_tok, teacher_tok, teacher_name: str = "teacher") -> None:
+    """Refuse a teacher whose token -> id map differs from the student's, naming the first difference."""
+    a, b = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if a == b:
+        return
+    ia = {i: t for t, i in a.items()}
+    ib = {i: t for t, i in b.items()}
+    for i in range(max(len(ia), len(ib), max(ia, default=0) + 1, max(ib, default=0) + 1)):
+        if ia.get(i) != ib.get(i):
+            raise CompressError(
+                f"student and {teacher_name} tokenizers differ: id {i} is {ia.get(i)!r} for the student but "
+                f"{ib.get(i)!r} for the {teacher_name} ({len(a)} vs {len(b)} tokens); distillation needs one shared "
+                "vocabulary")
+    raise CompressError(f"student and {teacher_name} tokenizers differ")
+
+
+def model_hash(path: str | os.PathLike[str]) -> str:
+    """sha256 over a model folder's config and weight files (their full contents)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(list(p.glob("*.safetensors")) + [p / "config.json"]):
+        if f.is_file():
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Signals:
+    """Teacher signal for the response tokens of one slot batch, row-major [N, ...]."""
+
+    ids: torch.Tensor  # int64 [N, k]
+    logprobs: torch.Tensor  # fp32 [N, k]
+    rest: torch.Tensor  # fp32 [N]
+    ref_logprobs: torch.Tensor | None = None  # fp32 [N, k], reference teacher at `ids`
+
+
+@torch.no_grad()
+def compute_signals(teacher: torch.nn.Module, batch: SlotBatch, k: int,
+                    ref: torch.nn.Module | None = None) -> Signals:
+    """Top-k + rest of `teacher` (and the reference's log-probs at the same ids) on a slot batch."""
+    logits = response_logits(teacher, batch)
+    ids, lp, rest = topk_from_logits(logits, k)
+    ref_lp = None
+    if ref is not None:
+        ref_lp = response_logits(ref, batch).log_softmax(-1).gather(-1, ids.to(logits.device))
+    return Signals(ids, lp, rest, ref_lp)
+
+
+class OnlineTeacher:
+    """Teacher (and optional reference teacher) run on every batch, in eval mode, no gradients."""
+
+    def __init__(self, model: torch.nn.Module, k: int = 50, ref: torch.nn.Module | None = None):
+        self.model, self.k, self.ref = model.eval(), k, ref.eval() if ref is not None else None
+
+    @property
+    def has_ref(self) -> bool:
+        return self.ref is not None
+
+    def signals(self, examples: list[PreferenceExample], batch: SlotBatch, slot: str) -> Signals:
+        return compute_signals(self.model, batch, self.k, self.ref)
+
+
+def default_cache_dir(data: str | os.PathLike[str], teacher: str | os.PathLike[str], k: int) -> Path:
+    d = Path(data)
+    return d.parent / f"{d.stem}.teacher-{Path(teacher).name}-k{k}"
+
+
+def write_cache(output: str | os.PathLike[str], teacher: torch.nn.Module, teacher_tok, data: PreferenceData,
+                slots: tuple[str, ...], k: int, teacher_path: str, ref: torch.nn.Module | None = None,
+                ref_path: str | None = None, batch_size: int = 4, force: bool = False,
+                inputs: tuple[str, ...] = (), advance=None) -> Path:
+    """Run the teacher over every response of `slots` and write the cache folder atomically."""
+    for s in slots:
+        if not data.has(s):
+            raise CompressError(f"{data.path} has no {s!r} responses for every pair"
+                                + (" (run `compress distill generate` first)" if s == "generated" else ""))
+    pad = teacher_tok.pad_token_id if teacher_tok.pad_token_id is not None else 0
+    meta: dict[str, Any] = {
+        "format": CACHE_FORMAT, "teacher": str(teacher_path), "teacher_hash": model_hash(teacher_path),
+        "ref_teacher": str(ref_path) if ref_path else None,
+        "ref_teacher_hash": model_hash(ref_path) if ref_path else None,
+        "tokenizer_hash": vocab_hash(teacher_tok), "vocab_size": len(teacher_tok.get_vocab()), "k": k,
+        "temperature": 1.0, "chat_template": getattr(teacher_tok, "chat_template", None),
+        "data": str(data.path), "data_options": data.options, "n_seq": len(data.examples),
+        "fingerprints": {s: data.fingerprint((s,)) for s in slots}, "slots": list(slots),
+        "shards": {},
+    }
+    with atomic_dir(output, inputs, force) as tmp:
+        for slot in slots:
+            files = []
+            for s0 in range(0, len(data.examples), SEQS_PER_SHARD):
+                shard = data.examples[s0: s0 + SEQS_PER_SHARD]
+                parts: dict[str, list[torch.Tensor]] = {"ids": [], "logprobs": [], "rest_logprob": [], "labels": [],
+                                                        "ref_logprobs": []}
+                lengths = []
+                for b0 in range(0, len(shard), batch_size):
+                    exs = shard[b0: b0 + batch_size]
+                    batch = collate_slot(exs, slot, pad)
+                    sig = compute_signals(teacher, batch, k, ref)
+                    parts["ids"].append(sig.ids.to(torch.int32).cpu())
+                    parts["logprobs"].append(sig.logprobs.to(torch.float16).cpu())
+                    parts["rest_logprob"].append(sig.rest.float().cpu())
+                    parts["labels"].append(batch.targets.to(torch.int32))
+                    if sig.ref_logprobs is not None:
+                        parts["ref_logprobs"].append(sig.ref_logprobs.to(torch.float16).cpu())
+                    lengths += batch.lengths.tolist()
+                    if advance:
+                        advance(len(exs))
+                tensors = {n: torch.cat(v) for n, v in parts.items() if v}
+                tensors["offsets"] = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0)
+                name = f"{slot}-{len(files):05d}.safetensors"
+                save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp / name))
+                files.append(name)
+            meta["shards"][slot] = files
+        (tmp / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return Path(output)
+
+
+class CachedTeacher:
+    """Teacher signals read from a cache folder; checks that it was made for this data and vocabulary."""
+
+    def __init__(self, folder: str | os.PathLike[str], data: PreferenceData, student_tok,
+                 slots: tuple[str, ...], need_ref: bool = False, teacher_path: str | None = None):
+        self.folder = Path(folder)
+        meta_file = self.folder / "cache.json"
+        if not meta_file.is_file():
+            raise CompressError(f"{folder} is not a teacher cache (no cache.json): make one with `compress distill cache-teacher`")
+        self.meta = meta = json.loads(meta_file.read_text())
+        if meta.get("format") != CACHE_FORMAT:
+            raise CompressError(f"{folder}: unknown cache format {meta.get('format')!r}")
+        if meta["tokenizer_hash"] != vocab_hash(student_tok):
+            raise CompressError(f"{folder} was made with a teacher tokenizer whose vocabulary differs from the student's")
+        if teacher_path is not None and meta["teacher_hash"] != model_hash(teacher_path):
+            raise CompressError(f"{folder} was made by the teacher {meta['teacher']}, not by {teacher_path}: "
+                                "run cache-teacher again")
+        for s in slots:
+            if s not in meta["shards"]:
+                raise CompressError(f"{folder} has no teacher signal for the {s!r} responses (it has "
+                                    f"{', '.join(meta['shards'])}): run cache-teacher with --slots including {s}")
+            if meta["fingerprints"][s] != data.fingerprint((s,)):
+                raise CompressError(f"{folder} was made for other data (or another tokenisation or --max-length) than "
+                                    f"{data.path}: run cache-teacher again for this data")
+        if need_ref and not meta.get("ref_teacher"):
+            raise CompressError(f"{folder} has no reference-teacher log-probs, which ADPA needs: "
+                                "run cache-teacher with --ref-teacher")
+        self.k = int(meta["k"])
+        self.has_ref = bool(meta.get("ref_teacher"))
+        self.tensors: dict[str, list[dict[str, torch.Tensor]]] = {}
+        self.index: dict[str, list[tuple[int, int, int]]] = {}
+        for s in slots:
+            shards = [load_file(str(self.folder / f)) for f in meta["shards"][s]]
+            self.tensors[s] = shards
+            idx = []
+            for si, sh in enumerate(shards):
+                off = sh["offsets"]
+                idx += [(si, int(off[i]), int(off[i + 1])) for i in range(len(off) - 1)]
+            self.index[s] = idx
+
+    def signals(self, examples: list[PreferenceExample], batch: SlotBatch, slot: str) -> Signals:
+        parts: dict[str, list[torch.Tensor]] = {"ids": [], "logprobs": [], "rest_logprob": [], "ref_logprobs": [],
+                                                "labels": []}
+        for ex in examples:
+            si, a, b = self.index[slot][ex.index]
+            sh = self.tensors[slot][si]
+            for n in parts:
+                if n in sh:
+                    parts[n].append(sh[n][a:b])
+        labels = torch.cat(parts["labels"]).long()
+        if not torch.equal(labels, batch.targets.cpu()):
+            raise CompressError(f"{self.folder}: cached labels do not match the batch's {slot} tokens")
+        ref = torch.cat(parts["ref_logprobs"]).float() if parts["ref_logprobs"] else None
+        return Signals(torch.cat(parts["ids"]).long(), torch.cat(parts["logprobs"]).float(),
+                       torch.cat(parts["rest_logprob"]).float(), ref)
