@@ -15,7 +15,7 @@ from compress.checkpoint.writer import DEFAULT_MAX_SHARD
 from compress.data.text import load_windows
 from compress.errors import CompressError
 from compress.model.device import dtype_name, parse_dtype
-from compress.model.load import load, load_tokenizer
+from compress.model.load import load
 from compress.progress import progress_bar
 
 __all__ = ["convert", "inspect", "load", "perplexity"]

@@ -55,8 +55,8 @@ def smollm2(tmp_path_factory) -> Path:
     cached = os.environ.get("COMPRESS_SMOLLM2")
     if cached and (Path(cached) / "config.json").is_file():
         return Path(cached)
-    from compress import convert
+    from compress.cli import main
 
     out = tmp_path_factory.mktemp("real") / "smollm2"
-    convert(gguf, out)
+    assert main(["convert", str(gguf), "-o", str(out)]) == 0  # through the CLI, as a user would
     return out

@@ -73,6 +73,6 @@ def summarize(ckpt: Checkpoint) -> ModelSummary:
 def block_map_text(summary: ModelSummary) -> str:
     """One character per layer: A = attention only, M = MLP only, B = both, . = neither."""
     out = []
-    for a, m in zip(summary.blocks[ATTN], summary.blocks[MLP]):
+    for a, m in zip(summary.blocks[ATTN], summary.blocks[MLP], strict=True):
         out.append("B" if a and m else "A" if a else "M" if m else ".")
     return "".join(out)

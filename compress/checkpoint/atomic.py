@@ -23,8 +23,7 @@ def check_output(output: str | os.PathLike[str], inputs: Sequence[str | os.PathL
     out = Path(output).resolve()
     for inp in inputs:
         src = Path(inp).resolve()
-        src_dir = src if src.is_dir() else src.parent
-        if out == src or out == src_dir or src_dir in out.parents:
+        if out == src or (src.is_dir() and src in out.parents):
             raise CompressError(f"output {output} is inside the input {inp}: choose another folder")
         if out in src.parents:
             raise CompressError(f"output {output} contains the input {inp}: choose another folder")

@@ -31,7 +31,7 @@ def parse_size(text: str | int) -> int:
         return text
     s = text.strip().upper().replace(" ", "")
     units = {"KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "B": 1}
-    for unit, mult in units.items():
+    for unit, mult in units.items():  # noqa: B007 - used after the loop
         if s.endswith(unit):
             num = s[: -len(unit)]
             break

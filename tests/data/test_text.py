@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from compress.data import generate_windows, load_windows, pack_windows, read_documents, sample_windows, tokenize_stream
+from compress.data import (
+    generate_windows,
+    load_windows,
+    pack_windows,
+    read_documents,
+    sample_windows,
+    tokenize_stream,
+)
 from compress.errors import CompressError
 from tests.fixtures import tiny_tokenizer
 
