@@ -1,0 +1,157 @@
+"""Loading checkpoints written by `compress prune` (physical export) without remote code.
+
+A physically pruned checkpoint is a standard transformers architecture with fewer layers, where
+some layers lost their attention or MLP block. `config.json` lists those blocks as
+`compress_pruned_blocks: {"attn": [...], "mlp": [...]}` (indices of the checkpoint's own layers).
+`load_pruned` builds the standard model class with those blocks replaced by the identity modules of
+`compress.prune.mask` (before any weight is loaded, so their tensors are not expected) and then
+loads the weights with transformers: any other missing tensor is fatal.
+
+KV cache (spec §8.3): a removed attention block writes no cache entry, and transformers reads the
+past length from cache layer 0 and sizes the masks from the first full-attention cache layer. The
+cache slot of every removed attention layer is therefore turned into a transformers `DummyLayer`
+(as for KV-sharing layers): `Cache.get_seq_length()` and the mask builders then skip it and read a
+layer that really holds keys. Slots stay indexed by decoder-layer index.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.arch import ATTN, BLOCK_KINDS, MLP, PRUNED_KEY, Family, family_for, num_layers
+from compress.checkpoint.reader import Checkpoint
+from compress.errors import CompressError
+from compress.prune.mask import apply_removals, decoder_layers
+
+__all__ = ["dummy_cache_slots", "install_cache_fix", "load_pruned", "pruned_class", "validate_pruned_map"]
+
+
+def validate_pruned_map(config: dict[str, Any], where: str = "config.json") -> dict[str, list[int]]:
+    """The `compress_pruned_blocks` map of a config, checked: known kinds, integer indices in range."""
+    raw = config.get(PRUNED_KEY)
+    if raw is None:
+        return {ATTN: [], MLP: []}
+    if not isinstance(raw, dict) or set(raw) - set(BLOCK_KINDS):
+        raise CompressError(f"{where}: {PRUNED_KEY} must be an object with keys 'attn' and 'mlp'")
+    n = num_layers(config)
+    out: dict[str, list[int]] = {}
+    for kind in BLOCK_KINDS:
+        vals = raw.get(kind, [])
+        if not isinstance(vals, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vals):
+            raise CompressError(f"{where}: {PRUNED_KEY}[{kind!r}] must be a list of layer indices")
+        bad = [i for i in vals if not 0 <= i < n]
+        if bad:
+            raise CompressError(f"{where}: {PRUNED_KEY}[{kind!r}] names layer {bad[0]}, but the model has {n} layers")
+        out[kind] = sorted(set(vals))
+    return out
+
+
+def dummy_cache_slots(cache: Any, layers: Iterable[int]) -> None:
+    """Replace the cache slots of attention-less layers by `DummyLayer`s (in place)."""
+    from transformers.cache_utils import DummyLayer
+
+    slots = getattr(cache, "layers", None)
+    if slots is None:
+        return
+    for i in layers:
+        if i < len(slots) and not isinstance(slots[i], DummyLayer):
+            slots[i] = DummyLayer()
+
+
+def install_cache_fix(model: nn.Module, family: Family, attn_removed: list[int]) -> None:
+    """Hook the decoder body so that every cache it sees or returns has dummy slots for `attn_removed`.
+
+    Before the forward: a cache created by `generate` (one slot per layer, from the config). After
+    the forward: a cache the body created itself or grew lazily. With no attention left at all the
+    slots are left alone (every slot stays empty; positions do not matter without attention).
+    """
+    n = len(decoder_layers(model, family))
+    layers = sorted(attn_removed)
+    if not layers or len(layers) >= n:
+        return
+    body = model
+    for part in family.layers.split(".")[:-1]:
+        body = getattr(body, part)
+
+    def before(module, args, kwargs):
+        cache = kwargs.get("cache")
+        if cache is None:
+            cache = kwargs.get("past_key_values")
+        if cache is not None:
+            dummy_cache_slots(cache, layers)
+
+    def after(module, args, kwargs, output):
+        cache = output.get("cache") if hasattr(output, "get") else None
+        if cache is not None:
+            dummy_cache_slots(cache, layers)
+
+    body.register_forward_pre_hook(before, with_kwargs=True)
+    body.register_forward_hook(after, with_kwargs=True)
+
+
+@functools.cache
+def pruned_class(base: type, family: Family) -> type:
+    """A subclass of the transformers class `base` whose __init__ removes the config's pruned blocks."""
+
+    def __init__(self, config, *args, **kwargs):
+        base.__init__(self, config, *args, **kwargs)
+        cfg = config.to_dict()
+        cfg["num_hidden_layers"] = len(decoder_layers(self, family))
+        pruned = validate_pruned_map(cfg)
+        apply_removals(self, family, [(i, kind) for kind in BLOCK_KINDS for i in pruned[kind]])
+        install_cache_fix(self, family, pruned[ATTN])
+
+    return type(f"Pruned{base.__name__}", (base,), {"__init__": __init__, "__module__": __name__})
+
+
+def load_pruned(ckpt: Checkpoint, dtype: torch.dtype | None) -> nn.Module:
+    """Load a physically pruned checkpoint: identity blocks where `compress_pruned_blocks` says.
+
+    Missing weights of blocks not listed there are fatal (never randomly initialised).
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers.utils import logging as tlog
+
+    tlog.disable_progress_bar()
+    path = ckpt.path
+    family = family_for(ckpt.config, ckpt.names())
+    validate_pruned_map(ckpt.config, f"{path}/config.json")
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CompressError(f"cannot read the config of {path}: {str(e).splitlines()[0]}") from None
+    base = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if base is None:
+        raise CompressError(f"{path}: transformers has no causal-LM class for model_type {config.model_type!r}")
+    cls = pruned_class(base, family)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, info = cls.from_pretrained(str(path), config=config, dtype=dtype or "auto",
+                                              output_loading_info=True, local_files_only=True)
+    except CompressError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CompressError(f"cannot load the pruned model in {path}: {str(e).splitlines()[0]}") from None
+    missing = sorted(k for k in info.get("missing_keys", []) if k)
+    if missing:
+        raise CompressError(
+            f"{path} lacks {len(missing)} weight tensors (e.g. {missing[0]}) of blocks not listed in {PRUNED_KEY}: "
+            "refusing to initialise them randomly"
+        )
+    unexpected = sorted(k for k in info.get("unexpected_keys", []) if k)
+    if unexpected:
+        raise CompressError(
+            f"{path} holds {len(unexpected)} tensors of blocks listed as pruned in {PRUNED_KEY} (e.g. {unexpected[0]}): "
+            "the config and the weights disagree"
+        )
+    if info.get("mismatched_keys"):
+        raise CompressError(f"{path}: tensor shapes do not match the config, e.g. {list(info['mismatched_keys'])[0]}")
+    return model
