@@ -1,0 +1,235 @@
+"""Merge methods by name: each entry says which inputs and parameters it takes and how it merges one tensor.
+
+The mathematics lives in the sibling modules as pure functions over fp32 tensors; the `Method`
+entries here only adapt a `Job` (one tensor name: the base tensor, the other models' tensors and
+their resolved parameters) to those functions. Parameter names and defaults follow mergekit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from compress.errors import CompressError
+from compress.merge.methods import sparsify
+from compress.merge.methods.linear import linear, task_arithmetic
+from compress.merge.methods.model_stock import model_stock
+from compress.merge.methods.sce import sce
+from compress.merge.methods.slerp import slerp
+from compress.merge.methods.ties import merge_deltas
+from compress.merge.methods.varm import GRANULARITIES, NORMS, ZERO_FALLBACKS, varm_merge
+
+__all__ = ["METHODS", "Job", "Method", "Param", "get_method", "tensor_generator"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter: default (None = required), and a check returning a problem or None."""
+
+    default: Any
+    kind: type = float
+    check: Callable[[Any], str | None] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is None and self.kind is not object
+
+
+@dataclass
+class Job:
+    """Everything a method needs to merge one tensor."""
+
+    name: str
+    base: torch.Tensor | None
+    tensors: list[torch.Tensor]
+    model_params: list[dict[str, Any]]
+    params: dict[str, Any]
+    seed: int = 0
+    model_ids: list[int] = field(default_factory=list)
+    weights: torch.Tensor | None = None  # precomputed per-model weights (VaRM's statistics pass)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    merge: Callable[[Job], torch.Tensor]
+    per_model: dict[str, Param]
+    shared: dict[str, Param]
+    needs_base: bool = True
+    min_models: int = 1  # models besides the base
+    max_models: int | None = None
+    random: bool = False
+    two_pass: bool = False
+    summary: str = ""
+
+
+def tensor_generator(seed: int, model_index: int, tensor_name: str) -> torch.Generator:
+    """A CPU generator seeded from hash(seed, model index, tensor name): independent of order and device."""
+    digest = hashlib.sha256(f"{seed}\0{model_index}\0{tensor_name}".encode()).digest()
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return g
+
+
+# ---- checks --------------------------------------------------------------------------------
+def _density(v: float) -> str | None:
+    return None if 0 < v <= 1 else f"density must be in (0, 1], got {v}"
+
+
+def _nonneg(v: float) -> str | None:
+    return None if v >= 0 else f"must be >= 0 for this method, got {v}"
+
+
+def _finite(v: float) -> str | None:
+    return None if math.isfinite(v) else f"must be finite, got {v}"
+
+
+def _unit(v: float) -> str | None:
+    return None if 0 <= v <= 1 else f"must be in [0, 1], got {v}"
+
+
+def _gamma(v: float) -> str | None:
+    return None if 0 <= v < 1 else f"gamma must be in [0, 1), got {v}"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else f"must be > 0, got {v}"
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"must be one of {', '.join(options)}, got {v!r}"
+
+
+def _rescale_check(v: Any) -> str | None:
+    return None if isinstance(v, bool) or v in sparsify.RESCALES else \
+        f"must be true, false or one of {', '.join(sparsify.RESCALES)}, got {v!r}"
+
+
+def rescale_mode(v: Any) -> str:
+    """mergekit's `rescale: true` is L1-norm matching; strings pick explicitly."""
+    if v is True:
+        return "l1"
+    if v is False:
+        return "none"
+    return str(v)
+
+
+# ---- adapters ------------------------------------------------------------------------------
+def _linear(job: Job) -> torch.Tensor:
+    return linear(job.tensors, [p["weight"] for p in job.model_params], job.params["normalize"])
+
+
+def _gta(sparsifier: str | None, consensus: str | None) -> Callable[[Job], torch.Tensor]:
+    def run(job: Job) -> torch.Tensor:
+        assert job.base is not None
+        rescale = rescale_mode(job.params.get("rescale", False))
+        deltas = []
+        for i, (t, p) in enumerate(zip(job.tensors, job.model_params, strict=True)):
+            d = t - job.base
+            rho = p.get("density", 1.0)
+            if sparsifier == "magnitude":
+                d = sparsify.magnitude(d, rho, rescale)
+            elif sparsifier == "dare":
+                d = sparsify.dare(d, rho, rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
+            elif sparsifier == "breadcrumbs":
+                d = sparsify.breadcrumbs(d, rho, p["gamma"], rescale)
+            elif sparsifier == "della":
+                d = sparsify.della(d, rho, p["epsilon"], rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
+            deltas.append(d)
+        if not deltas:
+            return job.base
+        return merge_deltas(job.base, deltas, [p["weight"] for p in job.model_params], consensus=consensus,
+                            normalize=job.params["normalize"], lam=job.params["lambda"])
+    return run
+
+
+def _task_arithmetic(job: Job) -> torch.Tensor:
+    assert job.base is not None
+    return task_arithmetic(job.base, job.tensors, [p["weight"] for p in job.model_params],
+                           job.params["normalize"], job.params["lambda"])
+
+
+def _slerp(job: Job) -> torch.Tensor:
+    assert job.base is not None
+    return slerp(job.params["t"], job.base, job.tensors[0])
+
+
+def _model_stock(job: Job) -> torch.Tensor:
+    assert job.base is not None
+    clamp = job.params.get("clamp_t")
+    return model_stock(job.base, job.tensors, job.params["filter_wise"], (0.0, 1.0) if clamp else None)
+
+
+def _sce(job: Job) -> torch.Tensor:
+    assert job.base is not None
+    return sce(job.base, job.tensors, job.params["select_topk"], job.params["sce_mask_deltas"])
+
+
+def _varm(job: Job) -> torch.Tensor:
+    assert job.base is not None and job.weights is not None
+    return varm_merge(job.base, job.tensors, job.weights)
+
+
+WEIGHT = Param(1.0, float, _finite)
+WEIGHT_NONNEG = Param(1.0, float, _nonneg)
+DENSITY = Param(1.0, float, _density)
+LAMBDA = Param(1.0, float, _finite)
+INT8 = Param(False, bool)
+
+
+def _gta_method(name: str, sparsifier: str | None, consensus: str | None, normalize: bool, rescale: bool,
+                summary: str) -> Method:
+    per_model: dict[str, Param] = {"weight": WEIGHT_NONNEG if consensus else WEIGHT}
+    if sparsifier:
+        per_model["density"] = DENSITY
+    if sparsifier == "breadcrumbs":
+        per_model["gamma"] = Param(0.01, float, _gamma)
+    if sparsifier == "della":
+        per_model["epsilon"] = Param(0.15, float, _nonneg)
+    shared = {"normalize": Param(normalize, bool), "lambda": LAMBDA, "int8_mask": INT8}
+    if sparsifier:
+        shared["rescale"] = Param(rescale, object, _rescale_check)
+    return Method(name, _gta(sparsifier, consensus), per_model, shared,
+                  random=sparsifier in ("dare", "della"), summary=summary)
+
+
+METHODS: dict[str, Method] = {
+    "linear": Method("linear", _linear, {"weight": WEIGHT_NONNEG}, {"normalize": Param(True, bool)},
+                     needs_base=False, summary="weighted average (model soup)"),
+    "task_arithmetic": Method("task_arithmetic", _task_arithmetic, {"weight": WEIGHT},
+                              {"normalize": Param(False, bool), "lambda": LAMBDA},
+                              summary="base + λ Σ w_i δ_i"),
+    "ties": _gta_method("ties", "magnitude", "sum", True, False, "trim, elect sign, disjoint merge"),
+    "dare_ties": _gta_method("dare_ties", "dare", "sum", False, True, "random drop + rescale, TIES consensus"),
+    "dare_linear": _gta_method("dare_linear", "dare", None, False, True, "random drop + rescale, task arithmetic"),
+    "breadcrumbs": _gta_method("breadcrumbs", "breadcrumbs", None, False, False, "drop small and outlier deltas"),
+    "breadcrumbs_ties": _gta_method("breadcrumbs_ties", "breadcrumbs", "sum", False, False,
+                                    "breadcrumbs + TIES consensus"),
+    "della": _gta_method("della", "della", "sum", True, True, "magnitude-ranked drop, TIES consensus"),
+    "della_linear": _gta_method("della_linear", "della", None, False, True, "magnitude-ranked drop, task arithmetic"),
+    "slerp": Method("slerp", _slerp, {}, {"t": Param(None, float, _unit)}, min_models=1, max_models=1,
+                    summary="spherical interpolation base -> other"),
+    "model_stock": Method("model_stock", _model_stock, {}, {"filter_wise": Param(False, bool),
+                                                            "clamp_t": Param(False, bool)},
+                          min_models=2, summary="Model Stock interpolation toward the mean"),
+    "sce": Method("sce", _sce, {}, {"select_topk": Param(1.0, float, _nonneg), "int8_mask": INT8,
+                                    "sce_mask_deltas": Param(True, bool)},
+                  summary="select by variance, weight by energy, erase minority signs"),
+    "varm": Method("varm", _varm, {}, {"granularity": Param("matrix", str, _choice(GRANULARITIES)),
+                                       "norm": Param("sum", str, _choice(NORMS)),
+                                       "temperature": Param(1.0, float, _positive),
+                                       "zero_fallback": Param("pivot", str, _choice(ZERO_FALLBACKS))},
+                   two_pass=True, summary="FuseChat variation-ratio merge (weights from mean Δ²)"),
+}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise CompressError(f"unknown merge_method {name!r}: use one of {', '.join(METHODS)}") from None

@@ -1,0 +1,109 @@
+"""Sparsifiers for task vectors δ = θ_i − θ_base, one pure function per paper.
+
+- `magnitude`: TIES-Merging trim (Yadav et al. 2023, arXiv 2306.01708): keep the ⌊ρ·numel⌋ largest |δ|.
+- `dare`: DARE drop-and-rescale (Yu et al. 2023, arXiv 2311.03099): M ~ Bernoulli(ρ), δ̃ = M ⊙ δ · r.
+- `breadcrumbs`: Model Breadcrumbs (Davari & Belilovsky 2023, arXiv 2312.06795): drop the smallest
+  and the γ·numel largest |δ|, keep ⌊ρ·numel⌋ in between.
+- `della`: DELLA MagPrune (Deep et al. 2024, arXiv 2406.11617): per-row keep probability
+  p = (ρ − ε) + 2ε·r̂ rising with the magnitude rank r̂ ∈ [0, 1].
+
+Rescaling (`rescale`): "l1" matches the L1 norm of the kept entries to the original (mergekit's
+`rescale: true` for DARE), "inverse_density" divides by the keep probability (the papers),
+"none" keeps the entries as they are. All functions take and return fp32 tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+RESCALES = ("l1", "inverse_density", "none")
+
+
+def rescale_l1(original: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Scale `kept` so that Σ|kept| = Σ|original| (unchanged when either norm is below eps)."""
+    before = original.abs().sum()
+    after = kept.abs().sum()
+    if before < eps or after < eps:
+        return kept
+    return kept * (before / after)
+
+
+def magnitude(delta: torch.Tensor, density: float, rescale: str = "none") -> torch.Tensor:
+    """TIES trim: keep the k = max(1, ⌊ρ·numel⌋) entries of largest |δ|, zero the rest."""
+    if density >= 1:
+        return delta
+    if delta.numel() == 0:
+        return delta
+    k = max(1, int(density * delta.numel()))  # at least one entry survives (as mergekit)
+    flat = delta.reshape(-1)
+    idx = torch.topk(flat.abs(), k, largest=True, sorted=False).indices
+    mask = torch.zeros_like(flat)
+    mask[idx] = 1
+    kept = (flat * mask).reshape(delta.shape)
+    return _rescale(delta, kept, rescale, density)
+
+
+def dare(delta: torch.Tensor, density: float, rescale: str, generator: torch.Generator) -> torch.Tensor:
+    """DARE: keep each entry with probability ρ (Bernoulli mask drawn from `generator`), rescale."""
+    if density >= 1:
+        return delta
+    mask = torch.bernoulli(torch.full(delta.shape, float(density), dtype=torch.float32), generator=generator)
+    kept = delta * mask.to(delta.device)
+    return _rescale(delta, kept, rescale, density)
+
+
+def breadcrumbs(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: str = "none") -> torch.Tensor:
+    """Breadcrumbs: sort |δ| ascending, keep the ranks [n_bot, numel − n_top).
+
+    n_top = ⌊γ·numel⌋, n_bot = numel − ⌊ρ·numel⌋ − n_top (if negative, n_top absorbs it). The end
+    index is explicit, so n_top = 0 keeps the top entries (mergekit's `[n_bot:-n_top]` slice drops
+    the whole delta then).
+    """
+    if density >= 1 and gamma <= 0:
+        return delta
+    numel = delta.numel()
+    n_keep = int(density * numel)
+    n_top = int(gamma * numel)
+    n_bot = numel - n_keep - n_top
+    if n_bot < 0:
+        n_top += n_bot
+        n_bot = 0
+    flat = delta.reshape(-1)
+    order = torch.argsort(flat.abs(), stable=True)
+    mask = torch.zeros_like(flat)
+    mask[order[n_bot:numel - n_top]] = 1
+    kept = (flat * mask).reshape(delta.shape)
+    return _rescale(delta, kept, rescale, density)
+
+
+def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """p = (ρ − ε) + 2ε·r̂ per row of the 2-D view (a 1-D tensor is one row); r̂ = normalised rank of |δ|."""
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+    n = rows.shape[1]
+    order = torch.argsort(rows.abs(), dim=1, stable=True)
+    ranks = torch.empty_like(rows)
+    ranks.scatter_(1, order, torch.arange(n, dtype=rows.dtype, device=rows.device).expand_as(rows).contiguous())
+    r_hat = ranks / (n - 1) if n > 1 else torch.zeros_like(ranks)  # ranks 0..n-1 -> [0, 1]
+    return ((density - epsilon) + 2 * epsilon * r_hat).reshape(delta.shape)
+
+
+def della(delta: torch.Tensor, density: float, epsilon: float, rescale: str, generator: torch.Generator) -> torch.Tensor:
+    """DELLA MagPrune: M ~ Bernoulli(p) with magnitude-rank probabilities, kept entries rescaled."""
+    if density >= 1:
+        return delta
+    p = della_probabilities(delta, density, epsilon)
+    mask = torch.bernoulli(p.cpu(), generator=generator).to(delta.device)
+    kept = delta * mask
+    if rescale == "inverse_density":
+        return kept / p
+    return _rescale(delta, kept, rescale, density)
+
+
+def _rescale(original: torch.Tensor, kept: torch.Tensor, rescale: str, density: float) -> torch.Tensor:
+    if rescale == "l1":
+        return rescale_l1(original, kept)
+    if rescale == "inverse_density":
+        return kept / density
+    if rescale == "none":
+        return kept
+    raise ValueError(f"unknown rescale {rescale!r}: use one of {', '.join(RESCALES)}")

@@ -1,0 +1,214 @@
+"""mergekit-compatible YAML recipes: pydantic models, loading with line numbers, parameter resolution.
+
+The schema follows mergekit's `MergeConfiguration` (`models` | `slices`, `base_model`,
+`merge_method`, `parameters`, `dtype`, `out_dtype`, `tokenizer_source`, `chat_template`), so an
+existing mergekit recipe runs unchanged. Parameter values are scalars, gradients (numeric lists
+interpolated at t = layer/(n_layers−1) over a slice; non-numeric lists step) or filter lists
+(`[{filter: self_attn, value: ...}, {value: default}]`, first substring match wins).
+Unknown keys are errors; every error names the field and its line in the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from compress.errors import CompressError
+
+Scalar = Union[bool, int, float, str]
+ScalarOrGradient = Union[Scalar, list[Scalar]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Conditional(_Strict):
+    value: ScalarOrGradient
+    filter: str | None = None
+
+
+Setting = Union[Conditional, list[Conditional], ScalarOrGradient]
+
+
+class InputModel(_Strict):
+    model: str
+    parameters: dict[str, Setting] | None = None
+
+
+class InputSlice(_Strict):
+    model: str
+    layer_range: tuple[int, int]
+    parameters: dict[str, Setting] | None = None
+
+
+class OutputSlice(_Strict):
+    sources: list[InputSlice]
+    base_model: str | None = None
+    parameters: dict[str, Setting] | None = None
+
+    @model_validator(mode="after")
+    def _lengths(self) -> OutputSlice:
+        if not self.sources:
+            raise ValueError("a slice needs at least one source")
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in self.sources}
+        if len(lengths) != 1:
+            raise ValueError("all sources of a slice must have the same number of layers")
+        if min(lengths) <= 0:
+            raise ValueError("layer_range must be [start, end) with end > start")
+        return self
+
+
+class Recipe(_Strict):
+    merge_method: str
+    models: list[InputModel] | None = None
+    slices: list[OutputSlice] | None = None
+    base_model: str | None = None
+    parameters: dict[str, Setting] | None = None
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | None = None
+    chat_template: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Recipe:
+        if (self.models is None) == (self.slices is None):
+            raise ValueError("exactly one of 'models' or 'slices' must be given")
+        if self.models is not None and not self.models:
+            raise ValueError("'models' is empty")
+        return self
+
+
+# ---- loading with line numbers ------------------------------------------------------------
+def _compose(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    """Parse YAML and record the line (1-based) of every mapping key / sequence item by path."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise CompressError(f"{source}{where}: malformed YAML: {problem}") from None
+    lines: dict[tuple, int] = {}
+
+    def walk(n: yaml.Node, path: tuple) -> Any:
+        lines[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            out = {}
+            for k, v in n.value:
+                key = _scalar(k)
+                out[key] = walk(v, path + (key,))
+                lines[path + (key,)] = k.start_mark.line + 1
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [walk(v, path + (i,)) for i, v in enumerate(n.value)]
+        return _scalar(n)
+
+    if node is None:
+        raise CompressError(f"{source}: the recipe is empty")
+    return walk(node, ()), lines
+
+
+def _scalar(n: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(n, deep=True)
+    finally:
+        loader.dispose()
+
+
+def _where(lines: dict[tuple, int], loc: tuple) -> int | None:
+    for i in range(len(loc), -1, -1):
+        if loc[:i] in lines:
+            return lines[loc[:i]]
+    return None
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_recipe(text: str, source: str = "recipe") -> tuple[Recipe, dict[tuple, int]]:
+    """YAML text -> validated Recipe plus the line of each field (for later error messages)."""
+    data, lines = _compose(text, source)
+    if not isinstance(data, dict):
+        raise CompressError(f"{source} line 1: a recipe is a mapping with merge_method and models or slices")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        err = _best_error(e.errors())
+        loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+        line = _where(lines, loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (see mergekit's recipe schema)"
+        elif err["type"] == "missing":
+            msg = "field required"
+        at = f" line {line}" if line is not None else ""
+        raise CompressError(f"{source}{at}: {_dotted(loc)}: {msg}") from None
+    return recipe, lines
+
+
+def _is_union_tag(p: Any) -> bool:
+    return isinstance(p, str) and (p.startswith(("list[", "dict[", "tuple[")) or p in
+                                   ("bool", "int", "float", "str", "Conditional"))
+
+
+def _best_error(errors: list[dict]) -> dict:
+    # Prefer errors not produced by trying every branch of a union (the deepest, non-union one).
+    plain = [e for e in errors if not any(_is_union_tag(p) for p in e["loc"])]
+    return (plain or sorted(errors, key=lambda e: -len(e["loc"])))[0]
+
+
+def load_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, dict[tuple, int], str]:
+    p = Path(path)
+    if not p.is_file():
+        raise CompressError(f"recipe not found: {p}")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CompressError(f"cannot read recipe {p}: {e}") from None
+    recipe, lines = parse_recipe(text, str(p))
+    return recipe, lines, text
+
+
+# ---- parameter values -----------------------------------------------------------------------
+def evaluate_setting(setting: Any, tensor_name: str, t: float) -> Any:
+    """Resolve a filter list / gradient / scalar for one tensor at relative depth t ∈ [0, 1]."""
+    if isinstance(setting, Conditional):
+        setting = [setting]
+    if isinstance(setting, list):
+        if not setting:
+            return None
+        if all(isinstance(c, Conditional) for c in setting):
+            for c in setting:
+                if c.filter is None or c.filter == "*" or c.filter in tensor_name:
+                    return evaluate_setting(c.value, tensor_name, t)
+            return None
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in setting):
+            scaled = t * (len(setting) - 1)
+            i0 = int(scaled)
+            i1 = min(len(setting) - 1, i0 + 1)
+            frac = scaled - i0
+            return (1 - frac) * setting[i0] + frac * setting[i1]
+        return setting[int(t * (len(setting) - 1))]
+    return setting
+
+
+def setting_leaves(setting: Any) -> list[Any]:
+    """Every scalar a setting can produce (gradients interpolate between them; checks are intervals)."""
+    if isinstance(setting, Conditional):
+        return setting_leaves(setting.value)
+    if isinstance(setting, list):
+        out: list[Any] = []
+        for s in setting:
+            out.extend(setting_leaves(s))
+        return out
+    return [setting]
