@@ -21,7 +21,7 @@ def device_option(f):
 
 def dtype_option(default: str = "auto"):
     return click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default=default, show_default=True,
-                        help="Compute / storage dtype (auto: as stored).")
+                        help="Compute / storage dtype (auto: as stored on GPU, fp32 on CPU).")
 
 
 def seed_option(f):
