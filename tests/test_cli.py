@@ -105,3 +105,22 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: model folder not found") and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_truncated_weights_one_line(tmp_path, tiny_llama, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_llama, bad)
+    f = bad / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-64])
+    code, _, err = run(["eval", "ppl", str(bad), "--data", "x.txt"], capsys)
+    assert code == 1 and "truncated safetensors file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_truly_unsupported_architecture(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "num_hidden_layers": 1}')
+    save_file({"transformer.h.0.attn.c_attn.weight": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"))
+    code, _, err = run(["inspect", str(tmp_path)], capsys)
+    assert code == 1 and "unsupported architecture 'gpt2'" in err and "qwen3" in err
