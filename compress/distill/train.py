@@ -27,7 +27,13 @@ from typing import Any
 
 import torch
 
-from compress.data.preference import PreferenceData, PreferenceExample, SlotBatch, collate_slot, read_preference
+from compress.data.preference import (
+    PreferenceData,
+    PreferenceExample,
+    SlotBatch,
+    collate_slot,
+    read_preference,
+)
 from compress.distill import losses as L
 from compress.distill.forward import response_logits, sequence_logps
 from compress.distill.teacher import CachedTeacher, OnlineTeacher, Signals, check_same_vocab
@@ -260,7 +266,14 @@ def _save_state(accelerator, folder: Path, step: int, state: dict[str, Any], kee
 # ---------------------------------------------------------------- the run
 
 def _loss_bar(total: int, initial: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from compress import progress
 
@@ -404,7 +417,7 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
                                                           device=accelerator.device), "sum")
                     if float(bad) > 0:
                         where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else " (no checkpoint yet)"
-                        raise CompressError(f"the loss became {float(loss)} at step {step + 1}: stopped{where}; "
+                        raise CompressError(f"the loss became {float(loss.detach())} at step {step + 1}: stopped{where}; "
                                             "lower --lr or use --precision fp32")
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:
@@ -477,5 +490,5 @@ def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg:
     recipe = {"method": cfg.method, **{k: v for k, v in asdict(cfg).items() if k != "extra"}, **cfg.extra,
               **{k: (str(v) if v else None) for k, v in sources.items()}}
     save_checkpoint(output, specs, produce, config=dict(ck.config), inputs=inputs, side_files=ck.side_files(),
-                    force=force, command="distill train", recipe=recipe,
+                    force=force, recipe=recipe,
                     extra={"result": result, "history": history[-200:]})
