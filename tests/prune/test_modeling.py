@@ -1,0 +1,169 @@
+"""Loading physically pruned checkpoints: `compress.load` (no remote code) and the modeling file
+written into the folder (`AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)`),
+including in a python where `compress` cannot be imported.
+
+Reference: the dense input masked in memory with `compress.prune.mask` (see test_export.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from compress.arch import PRUNED_KEY
+from compress.checkpoint import Checkpoint
+from compress.errors import CompressError
+from compress.model.load import load_model
+from compress.prune.export import export_pruned
+from tests.fixtures import FAMILIES
+from tests.prune.test_export import IDS, REMOVED, logits, masked
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_remote_code_all_families(tiny_models, tmp_path, family):
+    from transformers import AutoModelForCausalLM
+
+    out = export_pruned(tiny_models[family], tmp_path / "out", REMOVED)
+    model = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, dtype=torch.float32).eval()
+    assert type(model).__name__.startswith("CompressPruned")
+    assert type(model).__module__.startswith("transformers_modules.")
+    torch.testing.assert_close(logits(model, IDS), logits(masked(tiny_models[family], REMOVED), IDS),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_load_pruned_in_bf16(tiny_llama, tmp_path):
+    out = export_pruned(tiny_llama, tmp_path / "out", REMOVED)
+    model = load_model(out, dtype="bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    ref = masked(tiny_llama, REMOVED, torch.bfloat16)
+    torch.testing.assert_close(logits(model, IDS), logits(ref, IDS), rtol=0, atol=0)
+
+
+def test_missing_or_extra_tensors_are_fatal(tiny_llama, tmp_path):
+    out = export_pruned(tiny_llama, tmp_path / "out", REMOVED)
+    shard = out / "model.safetensors"
+    good = load_file(str(shard))
+    # A tensor of a block NOT listed as pruned is missing: never initialise it randomly.
+    missing = tmp_path / "missing"
+    shutil.copytree(out, missing)
+    save_file({k: v for k, v in good.items() if k != "model.layers.2.self_attn.q_proj.weight"},
+              str(missing / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CompressError, match="refusing to initialise"):
+        load_model(missing)
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(ValueError, match="refusing to initialise"):
+        AutoModelForCausalLM.from_pretrained(str(missing), trust_remote_code=True)
+    # The config lists a block as pruned but the files still hold it.
+    extra = tmp_path / "extra"
+    shutil.copytree(out, extra)
+    cfg = json.loads((extra / "config.json").read_text())
+    cfg[PRUNED_KEY]["attn"] = [0, 2]
+    (extra / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CompressError, match="disagree"):
+        load_model(extra)
+    # A map naming a layer that does not exist.
+    cfg[PRUNED_KEY]["attn"] = [7]
+    (extra / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CompressError, match="names layer 7"):
+        load_model(extra)
+
+
+REMOTE = r"""
+import importlib.abc, json, sys
+class NoCompress(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "compress" or name.startswith("compress."):
+            raise ModuleNotFoundError("compress is not installed here")
+sys.meta_path.insert(0, NoCompress())
+sys.path = [p for p in sys.path if p not in ("", ".", REPO)]
+try:
+    import compress  # noqa: F401
+    sys.exit("compress is importable")
+except ModuleNotFoundError:
+    pass
+import torch
+from transformers import AutoModelForCausalLM
+ids = torch.load(sys.argv[2])
+res = {}
+for folder in sys.argv[3:]:
+    m = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.save(m(ids, use_cache=False).logits.float(), folder + "/remote_logits.pt")
+        gen = m.generate(ids[:1, :12], max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        seq = ids[:1, :12]
+        for _ in range(8):
+            seq = torch.cat([seq, m(seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    res[folder] = {"class": type(m).__name__, "cache_equals_reforward": bool(torch.equal(gen, seq))}
+res["compress_loaded"] = sorted(k for k in sys.modules if k == "compress" or k.startswith("compress."))
+json.dump(res, open(sys.argv[1], "w"))
+"""
+
+
+def run_without_compress(tmp_path: Path, folders: list[Path], ids: torch.Tensor) -> dict:
+    """Load `folders` with AutoModelForCausalLM(trust_remote_code=True) in a python where compress is not importable."""
+    repo = str(Path(__file__).resolve().parents[2])
+    script = tmp_path / "remote.py"
+    script.write_text(f"REPO = {repo!r}\n" + REMOTE)
+    torch.save(ids, tmp_path / "ids.pt")
+    res_file = tmp_path / "remote.json"
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-I", str(script), str(res_file), str(tmp_path / "ids.pt"),
+                        *map(str, folders)], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(res_file.read_text())
+
+
+def test_remote_code_loads_without_compress(tiny_models, tmp_path):
+    # Two structurally different families in a python without compress (each costs seconds of imports);
+    # test_remote_code_all_families covers the template on every family in-process.
+    outs = {fam: export_pruned(tiny_models[fam], tmp_path / fam, REMOVED) for fam in ("llama", "gemma3")}
+    res = run_without_compress(tmp_path, list(outs.values()), IDS)
+    assert res["compress_loaded"] == []
+    for fam, out in outs.items():
+        entry = res[str(out)]
+        assert entry["class"].startswith("CompressPruned") and entry["cache_equals_reforward"], (fam, entry)
+        remote = torch.load(out / "remote_logits.pt")
+        torch.testing.assert_close(remote, logits(masked(tiny_models[fam], REMOVED), IDS), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_smollm2_physical_export_end_to_end(smollm2, tmp_path):
+    """Real SmolLM2-135M-Instruct: attention of layer 0 and a handful of other blocks removed."""
+    from compress import load
+
+    removed = [(0, "attn"), (9, "attn"), (14, "attn"), (14, "mlp"), (21, "mlp"), (27, "attn"), (29, "mlp")]
+    out = export_pruned(smollm2, tmp_path / "small", removed)
+    assert Checkpoint(out).size_on_disk() < Checkpoint(smollm2).size_on_disk()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 29
+    assert cfg[PRUNED_KEY] == {"attn": [0, 9, 26], "mlp": [20, 28]}
+
+    from compress.model.load import load_tokenizer
+
+    tok = load_tokenizer(out)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ref = masked(smollm2, removed)  # fp32
+    res = run_without_compress(tmp_path, [out], prompt)
+    assert res[str(out)]["cache_equals_reforward"] and res["compress_loaded"] == []
+    torch.testing.assert_close(torch.load(out / "remote_logits.pt"), logits(ref, prompt), rtol=1e-4, atol=1e-4)
+
+    model, _ = load(out, dtype="bf16")
+    del ref
+    ref = masked(smollm2, removed, torch.bfloat16)
+    torch.testing.assert_close(logits(model, prompt), logits(ref, prompt), rtol=0, atol=0)
+    with torch.no_grad():
+        cached = model.generate(prompt, max_new_tokens=16, min_new_tokens=16, do_sample=False)
+        seq = prompt
+        for _ in range(16):  # greedy by full re-forward, no cache, on the masked dense model
+            seq = torch.cat([seq, ref(seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(cached, seq), (tok.decode(cached[0]), tok.decode(seq[0]))
+    print("answer:", tok.decode(cached[0, prompt.shape[1]:]))
