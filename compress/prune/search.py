@@ -40,6 +40,7 @@ from compress.prune.score import (
     Block,
     BlockRunner,
     batch_loss,
+    block_at,
     block_name,
     check_finite,
     loss_to_ppl,
@@ -133,7 +134,12 @@ class NaiveEvaluator:
                 restore_block(mod, s)
 
     def current_loss(self) -> float:
-        return self._loss("of the model before this step")
+        try:
+            return self._loss("of the model before this step")
+        except CompressError:
+            # Name the block: run the blocks one at a time and find the first non-finite output.
+            FastEvaluator(self.runner, torch.cat(self.batches), self.batches[0].shape[0], removed=self.removed)
+            raise
 
     def commit(self, units: Sequence[Unit]) -> None:
         for u in units:
@@ -174,6 +180,11 @@ class FastEvaluator:
         st = self.states[b]
         for p in range(start, self.runner.n_positions):
             st[p + 1] = st[p] if p in self.removed else self.runner.block(st[p], p)
+            if p not in self.removed and not bool(torch.isfinite(st[p + 1]).all()):
+                raise CompressError(
+                    f"the calibration loss is not finite: the output of block {block_name(block_at(p))} has "
+                    "NaN/inf values (the model overflows in this dtype - try --dtype fp32 - or its weights are broken)"
+                )
 
     @torch.no_grad()
     def score(self, unit: Unit, bound: Callable[[float], bool] | None = None) -> tuple[float, bool]:
