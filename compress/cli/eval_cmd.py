@@ -8,14 +8,31 @@ from compress.cli.options import (
     dtype_option,
     emit_json,
     field_option,
+    force_option,
     json_option,
     seq_len_option,
 )
 
 
-@click.group("eval")
+class DefaultGroup(click.Group):
+    """A group whose default subcommand is `run`: `compress eval MODEL ...` = `compress eval run MODEL ...`."""
+
+    default = "run"
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("eval", cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def command():
-    """Measure models: perplexity (and lm-eval tasks)."""
+    """Measure models: lm-eval tasks on local data, perplexity, comparison tables.
+
+    \b
+    compress eval MODEL [MODEL...] --tasks piqa,winogrande,arc_easy,arc_challenge,boolq,openbookqa
+    compress eval ppl MODEL --data wiki.test.raw
+    """
 
 
 @command.command("ppl")
@@ -40,3 +57,43 @@ def ppl(model, data, field, seq_len, max_windows, batch_size, device, dtype, as_
         progress.console.print(
             f"ppl {res['ppl']:.3f}  (nll {res['nll']:.4f}, {res['windows']} of {res['windows_available']} windows "
             f"x {res['seq_len']} tokens, {res['dtype']} on {res['device']})", highlight=False)
+
+
+@command.command("run")
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("--tasks", default="piqa,winogrande,arc_easy,arc_challenge,boolq,openbookqa", show_default=True,
+              help="Comma list of: piqa, winogrande, arc_easy, arc_challenge, boolq, openbookqa, hellaswag, gsm8k, ppl.")
+@click.option("--data-dir", multiple=True, type=click.Path(),
+              help="Folder(s) holding the task data (layout of shared/data). Default: $COMPRESS_DATA, shared/data.")
+@click.option("--task-data", multiple=True, metavar="TASK=PATH",
+              help="A task's data file (or folder), e.g. hellaswag=hellaswag_val.jsonl. Repeatable.")
+@click.option("--limit", type=int, default=None, help="Score only the first N documents of each task (quick runs).")
+@click.option("--num-fewshot", type=int, default=None, help="Few-shot examples (default: the task's, 0; gsm8k 5).")
+@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--chat-template", is_flag=True, help="Wrap prompts in the model's chat template (off, as in the papers).")
+@data_option(help="Text for the ppl task (default: wikitext-2-raw/wiki.test.raw in the data folder).")
+@seq_len_option(2048)
+@click.option("--max-windows", type=int, default=None, help="ppl: score only the first N windows.")
+@click.option("--names", default=None, help="Comma list of labels for the models in the table (default: folder names).")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Folder for eval.json, results.md and results.png (written atomically).")
+@force_option
+@click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the few-shot sampling (lm-eval's default).")
+@device_option
+@dtype_option("auto")
+@json_option
+def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, chat_template, data, seq_len,
+        max_windows, names, output, force, seed, device, dtype, as_json):
+    """Score MODEL(s) on lm-eval tasks (local data) and perplexity; one comparison table."""
+    from compress import progress
+    from compress.eval.run import evaluate, summary
+
+    res = evaluate(list(models), tasks, data_dir=list(data_dir) or None, task_data=list(task_data), limit=limit,
+                   num_fewshot=num_fewshot, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
+                   chat_template=chat_template, data=data, seq_len=seq_len, max_windows=max_windows,
+                   names=[n.strip() for n in names.split(",")] if names else None, output=output, force=force)
+    if as_json:
+        emit_json(summary(res))
+    progress.console.print(res["markdown"], highlight=False, markup=False)
+    if output:
+        progress.console.print(f"wrote {res['output']}/eval.json, results.md, results.png", highlight=False)
