@@ -492,10 +492,12 @@ class _Loader:
         self.device = device
 
     def load(self, src: Source, rows: int | None) -> torch.Tensor:
-        t = self.readers[src.model].read(src.name)
+        reader = self.readers[src.model]
+        t = reader.read(src.name)
         if rows is not None:
             t = t[:rows]
-        t = t.to(device=self.device, dtype=torch.float32)
+        own = reader.ckpt.format == "safetensors" and rows is None  # pread buffers are ours to overwrite
+        t = t.to(device=self.device, dtype=torch.float32, copy=not own)
         if not bool(torch.isfinite(t).all()):
             raise CompressError(f"tensor {src.name!r} in {self.paths[src.model]} contains NaN or Inf: "
                                 f"fix or re-export that model before merging")

@@ -57,7 +57,7 @@ class Job:
 @dataclass(frozen=True)
 class Method:
     name: str
-    merge: Callable[[Job], torch.Tensor]
+    merge: Callable[[Job], torch.Tensor]  # may overwrite the job's tensors (they are its own copies)
     per_model: dict[str, Param]
     shared: dict[str, Param]
     needs_base: bool = True
@@ -129,17 +129,21 @@ def _gta(sparsifier: str | None, consensus: str | None) -> Callable[[Job], torch
         assert job.base is not None
         rescale = rescale_mode(job.params.get("rescale", False))
         deltas = []
-        for i, (t, p) in enumerate(zip(job.tensors, job.model_params, strict=True)):
-            d = t - job.base
+        for i, p in enumerate(job.model_params):
+            # The job owns its tensors: turn each input into its delta in place and drop the input,
+            # so a large tensor (the embedding) costs base + N deltas, not base + N inputs + N deltas.
+            d = job.tensors[i].sub_(job.base)
+            job.tensors[i] = d
             rho = p.get("density", 1.0)
             if sparsifier == "magnitude":
-                d = sparsify.magnitude(d, rho, rescale)
+                d = sparsify.magnitude(d, rho, rescale, inplace=True)
             elif sparsifier == "dare":
                 d = sparsify.dare(d, rho, rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
             elif sparsifier == "breadcrumbs":
-                d = sparsify.breadcrumbs(d, rho, p["gamma"], rescale)
+                d = sparsify.breadcrumbs(d, rho, p["gamma"], rescale, inplace=True)
             elif sparsifier == "della":
                 d = sparsify.della(d, rho, p["epsilon"], rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
+            job.tensors[i] = d
             deltas.append(d)
         if not deltas:
             return job.base

@@ -28,19 +28,20 @@ def rescale_l1(original: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) ->
     return kept * (before / after)
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale: str = "none") -> torch.Tensor:
-    """TIES trim: keep the k = max(1, ⌊ρ·numel⌋) entries of largest |δ|, zero the rest."""
-    if density >= 1:
-        return delta
-    if delta.numel() == 0:
+def magnitude(delta: torch.Tensor, density: float, rescale: str = "none", inplace: bool = False) -> torch.Tensor:
+    """TIES trim: keep the k = max(1, ⌊ρ·numel⌋) entries of largest |δ|, zero the rest.
+
+    Ties at the threshold are broken as torch's default (unstable) descending sort orders them,
+    which is what mergekit does, so both tools keep the same entries.
+    """
+    if density >= 1 or delta.numel() == 0:
         return delta
     k = max(1, int(density * delta.numel()))  # at least one entry survives (as mergekit)
-    flat = delta.reshape(-1)
-    idx = torch.topk(flat.abs(), k, largest=True, sorted=False).indices
-    mask = torch.zeros_like(flat)
-    mask[idx] = 1
-    kept = (flat * mask).reshape(delta.shape)
-    return _rescale(delta, kept, rescale, density)
+    order = torch.argsort(delta.abs().reshape(-1), descending=True)
+    keep = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
+    keep[order[:k]] = True
+    del order
+    return _apply(delta, keep, rescale, density, inplace)
 
 
 def dare(delta: torch.Tensor, density: float, rescale: str, generator: torch.Generator) -> torch.Tensor:
@@ -52,14 +53,15 @@ def dare(delta: torch.Tensor, density: float, rescale: str, generator: torch.Gen
     return _rescale(delta, kept, rescale, density)
 
 
-def breadcrumbs(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: str = "none") -> torch.Tensor:
+def breadcrumbs(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: str = "none",
+                inplace: bool = False) -> torch.Tensor:
     """Breadcrumbs: sort |δ| ascending, keep the ranks [n_bot, numel − n_top).
 
     n_top = ⌊γ·numel⌋, n_bot = numel − ⌊ρ·numel⌋ − n_top (if negative, n_top absorbs it). The end
     index is explicit, so n_top = 0 keeps the top entries (mergekit's `[n_bot:-n_top]` slice drops
     the whole delta then).
     """
-    if density >= 1 and gamma <= 0:
+    if density >= 1:
         return delta
     numel = delta.numel()
     n_keep = int(density * numel)
@@ -68,12 +70,11 @@ def breadcrumbs(delta: torch.Tensor, density: float, gamma: float = 0.01, rescal
     if n_bot < 0:
         n_top += n_bot
         n_bot = 0
-    flat = delta.reshape(-1)
-    order = torch.argsort(flat.abs(), stable=True)
-    mask = torch.zeros_like(flat)
-    mask[order[n_bot:numel - n_top]] = 1
-    kept = (flat * mask).reshape(delta.shape)
-    return _rescale(delta, kept, rescale, density)
+    order = torch.sort(delta.abs().reshape(-1)).indices  # ascending, mergekit's tie order
+    keep = torch.zeros(numel, dtype=torch.bool, device=delta.device)
+    keep[order[n_bot:numel - n_top]] = True
+    del order
+    return _apply(delta, keep, rescale, density, inplace)
 
 
 def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
@@ -97,6 +98,20 @@ def della(delta: torch.Tensor, density: float, epsilon: float, rescale: str, gen
     if rescale == "inverse_density":
         return kept / p
     return _rescale(delta, kept, rescale, density)
+
+
+def _apply(delta: torch.Tensor, keep: torch.Tensor, rescale: str, density: float, inplace: bool) -> torch.Tensor:
+    """Zero the entries outside `keep` (a flat bool mask), then rescale; in place when asked."""
+    if rescale == "l1":
+        before = delta.abs().sum()
+    out = delta if inplace else delta.clone()
+    out.reshape(-1).masked_fill_(~keep, 0)
+    if rescale == "l1":
+        after = out.abs().sum()
+        if before >= 1e-7 and after >= 1e-7:
+            out.mul_(before / after)
+        return out
+    return _rescale(delta, out, rescale, density) if rescale != "none" else out
 
 
 def _rescale(original: torch.Tensor, kept: torch.Tensor, rescale: str, density: float) -> torch.Tensor:

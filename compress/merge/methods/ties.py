@@ -30,21 +30,33 @@ def elect_sign(weighted: torch.Tensor, method: str = "sum") -> torch.Tensor:
 
 
 def merge_deltas(base: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequence[float], *,
-                 consensus: str | None = "sum", normalize: bool = True, lam: float = 1.0) -> torch.Tensor:
-    """Combine sparsified task vectors with optional TIES sign consensus."""
-    w = torch.tensor([float(x) for x in weights], dtype=base.dtype, device=base.device)
-    w = w.reshape(-1, *([1] * base.dim()))
-    weighted = torch.stack(list(deltas), dim=0) * w
-    if consensus is not None:
-        s = elect_sign(weighted, consensus)
-        mask = (weighted.sign() == s).to(base.dtype)
-        mixed = (weighted * mask).sum(dim=0)
-        divisor = (w * mask).sum(dim=0)
-        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-    else:
-        mixed = weighted.sum(dim=0)
-        divisor = w.sum(dim=0)
-        divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
-    if normalize:
-        mixed = mixed / divisor
-    return base + lam * mixed
+                 consensus: str | None = "sum", normalize: bool = True, lam: float = 1.0,
+                 chunk: int = 1 << 20) -> torch.Tensor:
+    """Combine sparsified task vectors with optional TIES sign consensus.
+
+    Elementwise, so it runs over flat chunks of `chunk` entries: the stacked [N, chunk]
+    temporaries stay small whatever the tensor size.
+    """
+    out = torch.empty_like(base)
+    flat_out, flat_base = out.reshape(-1), base.reshape(-1)
+    flats = [d.reshape(-1) for d in deltas]
+    w = torch.tensor([float(x) for x in weights], dtype=base.dtype, device=base.device).reshape(-1, 1)
+    for start in range(0, flat_base.numel(), chunk):
+        sl = slice(start, start + chunk)
+        weighted = torch.stack([f[sl] for f in flats]) * w
+        if consensus is not None:
+            s = elect_sign(weighted, consensus)
+            mask = (weighted.sign() == s).to(base.dtype)
+            mixed = (weighted * mask).sum(dim=0)
+            divisor = (w * mask).sum(dim=0)
+            divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+        else:
+            mixed = weighted.sum(dim=0)
+            divisor = w.sum(dim=0)
+            divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
+        if normalize:
+            mixed = mixed / divisor
+        if lam != 1:
+            mixed = mixed * lam
+        torch.add(flat_base[sl], mixed, out=flat_out[sl])
+    return out

@@ -1,0 +1,229 @@
+"""Benchmark: `compress merge` against mergekit (from PyPI) on SmolLM2-135M-Instruct variants.
+
+    python bench/merge_vs_mergekit.py [--model /work/cache/smollm2] [--methods ties,linear] [--repeat 1]
+
+1. Creates its own virtual environment with mergekit from PyPI (default /tmp/compress-bench-mergekit;
+   torch==2.13.0 is installed first so pip reuses the CPU wheel instead of pulling CUDA).
+2. Makes three "fine-tuned" variants of the model: θ_i = θ + σ·std(θ)·(0.6·c + 0.8·n_i) with a shared
+   direction c and a private one n_i per variant (seeded), saved as bf16 safetensors checkpoints.
+3. Runs the same mergekit YAML recipe with both tools (`mergekit-yaml` and `compress merge`), each in a
+   fresh process under /usr/bin/time (wall time, peak RSS). Recipes compute in float32 and store
+   bfloat16 (`dtype: float32`, `out_dtype: bfloat16`) so both tools do the arithmetic in fp32.
+4. Compares every output tensor: max |difference|, and the largest difference in bf16 units in the
+   last place (ulps; 1 ulp = a rounding flip of an fp32 result near a bf16 boundary). Random methods
+   (DARE) draw different masks by design; for them the relative L2 distance of the merged deltas is
+   reported instead.
+
+Prints a table and writes bench/results/merge_vs_mergekit.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+VENV = Path(os.environ.get("COMPRESS_BENCH_VENV", "/tmp/compress-bench-mergekit"))
+WORK = Path(os.environ.get("COMPRESS_BENCH_WORK", "/tmp/compress-bench-merge"))
+
+SLERP_T = [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+           {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]
+
+
+def recipes(base: str, ft: list[str], layers: int) -> dict[str, dict]:
+    common = {"dtype": "float32", "out_dtype": "bfloat16"}
+    w = [0.5, 0.3, 0.2]
+    return {
+        "linear": {"merge_method": "linear", "models": [{"model": m, "parameters": {"weight": x}} for m, x in zip(ft, w, strict=True)], **common},
+        "task_arithmetic": {"merge_method": "task_arithmetic", "base_model": base,
+                            "models": [{"model": m, "parameters": {"weight": 0.3}} for m in ft], **common},
+        "ties": {"merge_method": "ties", "base_model": base,
+                 "models": [{"model": m, "parameters": {"weight": 0.3, "density": 0.5}} for m in ft],
+                 "parameters": {"normalize": True}, **common},
+        "slerp": {"merge_method": "slerp", "base_model": base,
+                  "slices": [{"sources": [{"model": base, "layer_range": [0, layers]},
+                                          {"model": ft[0], "layer_range": [0, layers]}]}],
+                  "parameters": {"t": SLERP_T}, **common},
+        "breadcrumbs": {"merge_method": "breadcrumbs", "base_model": base,
+                        "models": [{"model": m, "parameters": {"weight": 0.3, "density": 0.9, "gamma": 0.01}} for m in ft],
+                        **common},
+        "sce": {"merge_method": "sce", "base_model": base, "models": [{"model": m} for m in [base, *ft]],
+                "parameters": {"select_topk": 0.1}, **common},
+        "model_stock": {"merge_method": "model_stock", "base_model": base, "models": [{"model": m} for m in ft], **common},
+        "dare_ties": {"merge_method": "dare_ties", "base_model": base,
+                      "models": [{"model": m, "parameters": {"weight": 0.3, "density": 0.5}} for m in ft], **common},
+    }
+
+
+RANDOM = {"dare_ties", "dare_linear", "della", "della_linear"}
+
+
+def ensure_venv() -> Path:
+    exe = VENV / "bin" / "mergekit-yaml"
+    if exe.is_file():
+        return exe
+    print(f"creating {VENV} with mergekit from PyPI ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
+    subprocess.run(pip + ["mergekit"], check=True)
+    return exe
+
+
+def mergekit_version() -> str:
+    out = subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "show", "mergekit"], capture_output=True, text=True)
+    m = re.search(r"^Version: (.+)$", out.stdout, re.M)
+    return m.group(1) if m else "?"
+
+
+def make_variants(model: Path, n: int = 3, sigma: float = 0.02) -> list[Path]:
+    """Perturbed copies of `model` with a shared and a private random direction per tensor (seeded)."""
+    outs = [WORK / f"ft{i + 1}" for i in range(n)]
+    if all((o / "model.safetensors").is_file() for o in outs):
+        return outs
+    sd = load_file(str(model / "model.safetensors"))
+    for i, out in enumerate(outs):
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(model, out, ignore=shutil.ignore_patterns("model*.safetensors*", "compress.json"))
+        new = {}
+        for j, name in enumerate(sorted(sd)):
+            t = sd[name].float()
+            gc = torch.Generator().manual_seed(1000 + j)
+            gi = torch.Generator().manual_seed(10_000 * (i + 1) + j)
+            common = torch.randn(t.shape, generator=gc)
+            private = torch.randn(t.shape, generator=gi)
+            scale = sigma * float(t.std()) if t.numel() > 1 else sigma
+            new[name] = (t + scale * (0.6 * common + 0.8 * private)).to(sd[name].dtype).contiguous()
+        save_file(new, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return outs
+
+
+def timed(cmd: list[str], env: dict | None = None) -> dict:
+    """Run under /usr/bin/time -v: wall seconds, peak RSS (MB), exit code."""
+    t0 = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
+    rss = int(m.group(1)) / 1024 if m else float("nan")
+    if p.returncode != 0:
+        print(p.stderr[-3000:], file=sys.stderr)
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1), "rc": p.returncode}
+
+
+def compare(a: Path, b: Path, base: Path, random: bool) -> dict:
+    def tensors(folder: Path) -> dict[str, torch.Tensor]:
+        out = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as h:
+                for k in h.keys():
+                    out[k] = h.get_tensor(k)
+        return out
+    ta, tb = tensors(a), tensors(b)
+    tbase = tensors(base)
+    missing = sorted(set(ta) ^ set(tb))
+    worst_abs, worst_ulp, worst_name, rel = 0.0, 0.0, "", 0.0
+    per = {}
+    dtypes = {str(t.dtype) for t in ta.values()} | {str(t.dtype) for t in tb.values()}
+    for k in sorted(set(ta) & set(tb)):
+        x, y = ta[k].float(), tb[k].float()
+        if x.shape != y.shape:
+            per[k] = {"shape": [list(x.shape), list(y.shape)]}
+            continue
+        d = (x - y).abs()
+        mx = float(d.max()) if d.numel() else 0.0
+        mag = torch.maximum(x.abs(), y.abs()).clamp(min=torch.finfo(torch.bfloat16).tiny)
+        ulp = torch.exp2(torch.floor(torch.log2(mag)) - 7)
+        ulps = float((d / ulp).max()) if d.numel() else 0.0
+        entry = {"max_abs": mx, "max_ulps": ulps}
+        if random and k in tbase:
+            da, db = x - tbase[k].float(), y - tbase[k].float()
+            r = float((da - db).norm() / db.norm().clamp(min=1e-12))
+            entry["rel_l2_delta"] = r
+            rel = max(rel, r)
+        per[k] = entry
+        if mx > worst_abs:
+            worst_abs, worst_name = mx, k
+        worst_ulp = max(worst_ulp, ulps)
+    return {"tensors": len(per), "missing": missing, "dtypes": sorted(dtypes), "max_abs": worst_abs,
+            "max_abs_tensor": worst_name, "max_ulps": worst_ulp, "max_rel_l2_delta": rel if random else None,
+            "per_tensor": per}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=os.environ.get("COMPRESS_SMOLLM2", "/work/cache/smollm2"))
+    ap.add_argument("--methods", default=",".join(recipes("b", ["x", "y", "z"], 1)))
+    ap.add_argument("--out", default=str(RESULTS / "merge_vs_mergekit.json"))
+    args = ap.parse_args()
+    import yaml
+
+    model = Path(args.model)
+    exe = ensure_venv()
+    WORK.mkdir(parents=True, exist_ok=True)
+    ft = make_variants(model)
+    base = WORK / "base"
+    if not base.exists():
+        shutil.copytree(model, base, ignore=shutil.ignore_patterns("compress.json"))
+    layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
+    all_recipes = recipes(str(base), [str(f) for f in ft], layers)
+    rows = []
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for name in args.methods.split(","):
+        rec = all_recipes[name]
+        path = WORK / f"{name}.yml"
+        path.write_text(yaml.safe_dump(rec, sort_keys=False))
+        out_mk, out_us = WORK / f"out_mergekit_{name}", WORK / f"out_compress_{name}"
+        for o in (out_mk, out_us):
+            shutil.rmtree(o, ignore_errors=True)
+        mk = timed([str(exe), str(path), str(out_mk), "--random-seed", "0"], env)
+        us = timed([sys.executable, "-m", "compress", "merge", str(path), "-o", str(out_us), "--seed", "0", "--force"], env)
+        cmp = compare(out_us, out_mk, base, name in RANDOM) if mk["rc"] == 0 and us["rc"] == 0 else {}
+        row = {"method": name, "mergekit": mk, "compress": us,
+               "time_ratio": round(us["wall_s"] / mk["wall_s"], 3) if mk["wall_s"] else None,
+               "rss_ratio": round(us["peak_rss_mb"] / mk["peak_rss_mb"], 3) if mk["peak_rss_mb"] else None,
+               "compare": {k: v for k, v in cmp.items() if k != "per_tensor"}, "per_tensor": cmp.get("per_tensor")}
+        rows.append(row)
+        c = row["compare"]
+        agree = (f"rel L2 Δ {c.get('max_rel_l2_delta', float('nan')):.3f} (random)" if name in RANDOM
+                 else f"{c.get('max_abs', float('nan')):.2e} / {c.get('max_ulps', float('nan')):.0f} ulp")
+        print(f"{name:16s} mergekit {mk['wall_s']:6.1f}s {mk['peak_rss_mb']:7.0f}MB | compress {us['wall_s']:6.1f}s "
+              f"{us['peak_rss_mb']:7.0f}MB | time x{row['time_ratio']} rss x{row['rss_ratio']} | diff {agree}",
+              file=sys.stderr, flush=True)
+        for o in (out_mk, out_us):
+            shutil.rmtree(o, ignore_errors=True)
+
+    print("\n| method | mergekit s | compress s | time ratio | mergekit MB | compress MB | RSS ratio | max abs diff | max bf16 ulps |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        c = r["compare"]
+        diff = (f"random: rel L2 {c.get('max_rel_l2_delta', float('nan')):.3f}" if r["method"] in RANDOM
+                else f"{c.get('max_abs', float('nan')):.2e}")
+        ulps = "—" if r["method"] in RANDOM else f"{c.get('max_ulps', float('nan')):.0f}"
+        print(f"| {r['method']} | {r['mergekit']['wall_s']:.1f} | {r['compress']['wall_s']:.1f} | {r['time_ratio']:.2f} | "
+              f"{r['mergekit']['peak_rss_mb']:.0f} | {r['compress']['peak_rss_mb']:.0f} | {r['rss_ratio']:.2f} | {diff} | {ulps} |")
+    meta = {"model": str(model), "mergekit_version": mergekit_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "machine": platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "variants": "θ + 0.02·std(θ)·(0.6·shared + 0.8·private) Gaussian directions, bf16",
+            "recipe_dtype": "dtype float32, out_dtype bfloat16"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
