@@ -70,6 +70,7 @@ def ppl(model, data, field, seq_len, max_windows, batch_size, device, dtype, as_
 @click.option("--limit", type=int, default=None, help="Score only the first N documents of each task (quick runs).")
 @click.option("--num-fewshot", type=int, default=None, help="Few-shot examples (default: the task's, 0; gsm8k 5).")
 @click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--max-gen-toks", type=int, default=None, help="Generation tasks (gsm8k): most new tokens (lm-eval: 256).")
 @click.option("--chat-template", is_flag=True, help="Wrap prompts in the model's chat template (off, as in the papers).")
 @data_option(help="Text for the ppl task (default: wikitext-2-raw/wiki.test.raw in the data folder).")
 @seq_len_option(2048)
@@ -82,7 +83,7 @@ def ppl(model, data, field, seq_len, max_windows, batch_size, device, dtype, as_
 @device_option
 @dtype_option("auto")
 @json_option
-def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, chat_template, data, seq_len,
+def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, max_gen_toks, chat_template, data, seq_len,
         max_windows, names, output, force, seed, device, dtype, as_json):
     """Score MODEL(s) on lm-eval tasks (local data) and perplexity; one comparison table."""
     from compress import progress
@@ -90,7 +91,7 @@ def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, chat
 
     res = evaluate(list(models), tasks, data_dir=list(data_dir) or None, task_data=list(task_data), limit=limit,
                    num_fewshot=num_fewshot, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
-                   chat_template=chat_template, data=data, seq_len=seq_len, max_windows=max_windows,
+                   chat_template=chat_template, max_gen_toks=max_gen_toks, data=data, seq_len=seq_len, max_windows=max_windows,
                    names=[n.strip() for n in names.split(",")] if names else None, output=output, force=force)
     if as_json:
         emit_json(summary(res))

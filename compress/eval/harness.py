@@ -79,7 +79,8 @@ def quiet_lm_eval() -> None:
 
 def run_lm_eval(model: torch.nn.Module, tokenizer: Any, data: list[TaskData], *, limit: int | None = None,
                 num_fewshot: int | None = None, batch_size: int = 1, seed: int = 1234,
-                chat_template: bool = False, log_items: bool = True) -> dict[str, TaskResult]:
+                chat_template: bool = False, max_gen_toks: int | None = None,
+                log_items: bool = True) -> dict[str, TaskResult]:
     """Score `model` on the lm-eval tasks in `data`; returns {task: TaskResult}."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -97,6 +98,7 @@ def run_lm_eval(model: torch.nn.Module, tokenizer: Any, data: list[TaskData], *,
             model=lm, tasks=list(cfgs.values()), num_fewshot=num_fewshot, limit=limit,
             task_manager=TaskManager(include_defaults=False), log_samples=log_items,
             apply_chat_template=chat_template, fewshot_random_seed=seed,
+            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
         )
     except CompressError:
         raise

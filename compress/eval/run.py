@@ -101,6 +101,7 @@ def evaluate(
     dtype: str = "auto",
     seed: int = 1234,
     chat_template: bool = False,
+    max_gen_toks: int | None = None,
     data: str | os.PathLike[str] | None = None,
     seq_len: int = 2048,
     max_windows: int | None = None,
@@ -128,6 +129,8 @@ def evaluate(
         raise CompressError(f"--limit must be a positive number of documents, got {limit}")
     if num_fewshot is not None and num_fewshot < 0:
         raise CompressError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
+    if max_gen_toks is not None and max_gen_toks <= 0:
+        raise CompressError(f"--max-gen-toks must be positive, got {max_gen_toks}")
     if max_windows is not None and max_windows <= 0:
         raise CompressError(f"--max-windows must be positive, got {max_windows}")
     if batch_size < 1:
@@ -198,7 +201,8 @@ def evaluate(
 
             info(f"[{label}] lm-eval: {', '.join(t.task for t in resolved)}" + (f" (limit {limit})" if limit else ""))
             for task, r in run_lm_eval(model, tok, resolved, limit=limit, num_fewshot=num_fewshot,
-                                       batch_size=batch_size, seed=seed, chat_template=chat_template).items():
+                                       batch_size=batch_size, seed=seed, chat_template=chat_template,
+                                       max_gen_toks=max_gen_toks).items():
                 results[task] = r.as_dict()
         if ppl_file is not None:
             info(f"[{label}] perplexity on {ppl_file}")
@@ -226,6 +230,7 @@ def evaluate(
         "versions": _versions(),
         "settings": {"tasks": task_list, "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
                      "device": device, "dtype": dtype, "seed": seed, "chat_template": chat_template,
+                     "max_gen_toks": max_gen_toks,
                      "metric_policy": METRIC_POLICY, "average": "unweighted mean of the accuracy tasks, percent"},
         "tasks": task_info,
         "models": records,
