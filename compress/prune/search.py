@@ -15,7 +15,8 @@ Searches (`--search`):
   as soon as its running loss sum (windows in a fixed order) is strictly above the best complete
   candidate of the step (spec §6.3). Both are exact: the chosen sequence equals naive's.
 - `lazy` (approximate): only the M best candidates of the previous scores are re-scored, with a
-  full re-score every R steps; steps where an unscored candidate's stale score beat the choice are
+  full re-score every R steps (both with the fast search's caching and early abandoning; an
+  abandoned candidate keeps its partial score, a lower bound, as its stale score); steps where an unscored candidate's stale score beat the choice are
   reported as places where the exact search could differ.
 
 Criteria: `ppl` (the paper's) or `ppl-per-param` (beyond the paper: the perplexity increase per
@@ -396,12 +397,12 @@ class GreedySearch:
         ppl_s = loss_to_ppl(self.steps[-1].loss if self.steps else self.dense_loss, tokens)
         key = _key_fn(self.criterion, tokens, ppl_s)
         lazy_info = None
-        abandon = self.search == "fast" and self.fixed_order is None
+        abandon = self.search in ("fast", "lazy") and self.fixed_order is None
         if self.search == "lazy" and self.fixed_order is None:
             full = (k == 1 or not self.stale or (self.lazy_every > 0 and (k - 1) % self.lazy_every == 0)
                     or len(remaining) <= self.lazy_m)
             if full:
-                todo = list(remaining)
+                todo = self._order(remaining, k)
             else:
                 todo = sorted(remaining, key=lambda u: (self.stale.get(u.name, -math.inf), u.index))[: self.lazy_m]
             lazy_info = {"full": full, "rescored": [u.name for u in todo]}
@@ -426,6 +427,8 @@ class GreedySearch:
                 if not complete:
                     abandoned += 1
                     self.prev_keys[u.name] = key(u, loss)  # a lower bound: orders the next step
+                    if lazy_info is not None:
+                        self.stale[u.name] = key(u, loss)
                     continue
                 evaluated += 1
                 kv = key(u, loss)
