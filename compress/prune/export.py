@@ -55,7 +55,7 @@ TEMPLATE = "remote_modeling.py.tmpl"
 # Index-based config fields of other architectures that cannot be remapped when layers are deleted.
 _UNMAPPABLE = ("mlp_only_layers", "first_k_dense_replace", "decoder_sparse_step", "moe_layer_freq")
 
-__all__ = ["MODELING_FILE", "MODES", "ExportPlan", "export_pruned", "plan_export", "remote_modeling_source"]
+__all__ = ["MODELING_FILE", "MODES", "ExportPlan", "export_pruned", "plan_export", "remote_modeling_source", "write_modeling_code"]
 
 
 @dataclass
@@ -145,6 +145,18 @@ def remote_modeling_source(family: Family, model_type: str) -> tuple[str, str]:
     }.items():
         text = text.replace(key, value)
     return text, cls
+
+
+def write_modeling_code(folder: str | os.PathLike[str], family: Family) -> None:
+    """Add modeling_compress_pruned.py to a saved pruned model folder and register it in config.json."""
+    import json
+
+    cfg_file = Path(folder) / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    src, cls = remote_modeling_source(family, cfg.get("model_type", ""))
+    (Path(folder) / MODELING_FILE).write_text(src)
+    cfg.setdefault("auto_map", {})["AutoModelForCausalLM"] = f"{MODELING_FILE[:-3]}.{cls}"
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def plan_export(ckpt: Checkpoint, removed: Iterable[tuple[int, str]], mode: str = "physical") -> ExportPlan:

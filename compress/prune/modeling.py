@@ -107,7 +107,15 @@ def pruned_class(base: type, family: Family) -> type:
         apply_removals(self, family, [(i, kind) for kind in BLOCK_KINDS for i in pruned[kind]])
         install_cache_fix(self, family, pruned[ATTN])
 
-    return type(f"Pruned{base.__name__}", (base,), {"__init__": __init__, "__module__": __name__})
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save_pretrained, plus the modeling file that lets others load the folder."""
+        base.save_pretrained(self, save_directory, *args, **kwargs)
+        from compress.prune.export import write_modeling_code
+
+        write_modeling_code(save_directory, family)
+
+    return type(f"Pruned{base.__name__}", (base,),
+                {"__init__": __init__, "save_pretrained": save_pretrained, "__module__": __name__})
 
 
 def load_pruned(ckpt: Checkpoint, dtype: torch.dtype | None) -> nn.Module:

@@ -46,6 +46,18 @@ def test_load_pruned_in_bf16(tiny_llama, tmp_path):
     torch.testing.assert_close(logits(model, IDS), logits(ref, IDS), rtol=0, atol=0)
 
 
+def test_save_pretrained_of_a_loaded_pruned_model(tiny_models, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_models["gemma2"]
+    out = export_pruned(src, tmp_path / "out", REMOVED)
+    load_model(out, dtype="fp32").save_pretrained(tmp_path / "again")
+    ref = logits(masked(src, REMOVED), IDS)
+    torch.testing.assert_close(logits(load_model(tmp_path / "again", dtype="fp32"), IDS), ref, rtol=1e-5, atol=1e-5)
+    remote = AutoModelForCausalLM.from_pretrained(str(tmp_path / "again"), trust_remote_code=True).eval()
+    torch.testing.assert_close(logits(remote, IDS), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_missing_or_extra_tensors_are_fatal(tiny_llama, tmp_path):
     out = export_pruned(tiny_llama, tmp_path / "out", REMOVED)
     shard = out / "model.safetensors"
