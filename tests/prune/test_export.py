@@ -150,6 +150,21 @@ def test_gemma3_layer_types_follow_deleted_layers(tmp_path):
     torch.testing.assert_close(logits(model, IDS), logits(masked(src, removed), IDS), rtol=1e-5, atol=1e-5)
 
 
+def test_layer_types_written_explicitly_when_the_config_had_none(tmp_path):
+    # A Gemma2 config.json without layer_types (as on the Hub): transformers derives [s, f, s, f] from the index.
+    # After deleting layer 0 the kept layers are [f, s, f]; the default for 3 layers would be [s, f, s].
+    src = make_tiny_model(tmp_path / "g2", "gemma2", layers=4)
+    cfg = json.loads((src / "config.json").read_text())
+    del cfg["layer_types"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    removed = [(0, "attn"), (0, "mlp"), (2, "mlp")]
+    out = export_pruned(src, tmp_path / "out", removed)
+    assert json.loads((out / "config.json").read_text())["layer_types"] == [
+        "full_attention", "sliding_attention", "full_attention"]
+    torch.testing.assert_close(logits(load_model(out, dtype="fp32"), IDS), logits(masked(src, removed), IDS),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_refuses_when_transformers_would_recompute_layer_types():
     from compress.arch import FAMILIES as FAMS
     from compress.prune.export import _check_layer_config

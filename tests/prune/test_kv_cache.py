@@ -4,7 +4,8 @@ A removed attention block writes no cache entry, while transformers reads the pa
 layer 0 and sizes masks from the first full-attention cache layer. Generation with the cache must
 equal greedy generation by full re-forward without any cache, computed on the independent reference
 (the dense model masked in memory), for: (a) attention of layer 0 removed, (b) all attention blocks
-but one removed, (c) a whole layer removed, (d) a middle attention removed, (e) a mix.
+but one removed, (c) a whole layer removed, (d) a middle attention removed, (e) a mix, (f) no attention
+left at all, (g) Gemma3 with only its global-attention layer left.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ CASES = {
     "whole_layer": [(2, "attn"), (2, "mlp")],
     "middle_attn": [(3, "attn")],
     "mixed": [(0, "attn"), (2, "attn"), (2, "mlp"), (4, "mlp"), (5, "attn")],
+    "no_attn_left": [(i, "attn") for i in range(LAYERS)],
+    "only_global_left": [(i, "attn") for i in range(LAYERS - 1)],  # gemma3: layer 5 is the global one
 }
 NEW = 10
 PROMPT = torch.randint(3, 500, (2, 40), generator=torch.Generator().manual_seed(1))  # 40 + 10 > Gemma window 32
@@ -75,8 +78,8 @@ def expected(src, removed) -> tuple[torch.Tensor, torch.Tensor]:
     return reforward(ref, PROMPT[:1, PAD:], NEW)[0], reforward(ref, PROMPT[1:], NEW)[0]
 
 
-@pytest.mark.parametrize(("family", "case"), [("llama", c) for c in CASES] + [
-    ("gemma3", c) for c in ("attn0", "one_attn_left", "mixed")])  # gemma3: sliding window of 32 < 40 + 10
+@pytest.mark.parametrize(("family", "case"), [("llama", c) for c in CASES if c != "only_global_left"] + [
+    ("gemma3", c) for c in ("attn0", "one_attn_left", "only_global_left", "mixed")])  # gemma3: window 32 < 40 + 10
 def test_cached_generation_equals_reforward(sources, tmp_path, family, case):
     removed = CASES[case]
     src = sources[family]
