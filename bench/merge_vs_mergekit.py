@@ -136,6 +136,7 @@ def compare(a: Path, b: Path, base: Path, random: bool) -> dict:
     tbase = tensors(base)
     missing = sorted(set(ta) ^ set(tb))
     worst_abs, worst_ulp, worst_name, rel = 0.0, 0.0, "", 0.0
+    n_diff = n_all = 0
     per = {}
     dtypes = {str(t.dtype) for t in ta.values()} | {str(t.dtype) for t in tb.values()}
     for k in sorted(set(ta) & set(tb)):
@@ -145,10 +146,14 @@ def compare(a: Path, b: Path, base: Path, random: bool) -> dict:
             continue
         d = (x - y).abs()
         mx = float(d.max()) if d.numel() else 0.0
-        mag = torch.maximum(x.abs(), y.abs()).clamp(min=torch.finfo(torch.bfloat16).tiny)
+        # ulps at the operands' scale: max(|a|, |b|, |base|) (cancellation near 0 is fp32 noise)
+        mag = torch.maximum(x.abs(), y.abs())
+        if k in tbase and tbase[k].shape == x.shape:
+            mag = torch.maximum(mag, tbase[k].float().abs())
+        mag = mag.clamp(min=torch.finfo(torch.bfloat16).tiny)
         ulp = torch.exp2(torch.floor(torch.log2(mag)) - 7)
         ulps = float((d / ulp).max()) if d.numel() else 0.0
-        entry = {"max_abs": mx, "max_ulps": ulps}
+        entry = {"max_abs": mx, "max_ulps": ulps, "frac_diff": float((d > 0).float().mean()) if d.numel() else 0.0}
         if random and k in tbase:
             da, db = x - tbase[k].float(), y - tbase[k].float()
             r = float((da - db).norm() / db.norm().clamp(min=1e-12))
@@ -158,8 +163,11 @@ def compare(a: Path, b: Path, base: Path, random: bool) -> dict:
         if mx > worst_abs:
             worst_abs, worst_name = mx, k
         worst_ulp = max(worst_ulp, ulps)
+        n_diff += int((d > 0).sum())
+        n_all += d.numel()
     return {"tensors": len(per), "missing": missing, "dtypes": sorted(dtypes), "max_abs": worst_abs,
-            "max_abs_tensor": worst_name, "max_ulps": worst_ulp, "max_rel_l2_delta": rel if random else None,
+            "max_abs_tensor": worst_name, "max_ulps": worst_ulp,
+            "frac_elements_differing": n_diff / max(1, n_all), "max_rel_l2_delta": rel if random else None,
             "per_tensor": per}
 
 

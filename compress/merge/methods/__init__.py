@@ -17,7 +17,7 @@ import torch
 
 from compress.errors import CompressError
 from compress.merge.methods import sparsify
-from compress.merge.methods.linear import linear, task_arithmetic
+from compress.merge.methods.linear import linear
 from compress.merge.methods.model_stock import model_stock
 from compress.merge.methods.sce import sce
 from compress.merge.methods.slerp import slerp
@@ -152,12 +152,6 @@ def _gta(sparsifier: str | None, consensus: str | None) -> Callable[[Job], torch
     return run
 
 
-def _task_arithmetic(job: Job) -> torch.Tensor:
-    assert job.base is not None
-    return task_arithmetic(job.base, job.tensors, [p["weight"] for p in job.model_params],
-                           job.params["normalize"], job.params["lambda"])
-
-
 def _slerp(job: Job) -> torch.Tensor:
     assert job.base is not None
     return slerp(job.params["t"], job.base, job.tensors[0])
@@ -171,7 +165,7 @@ def _model_stock(job: Job) -> torch.Tensor:
 
 def _sce(job: Job) -> torch.Tensor:
     assert job.base is not None
-    return sce(job.base, job.tensors, job.params["select_topk"], job.params["sce_mask_deltas"])
+    return sce(job.base, job.tensors, job.params["select_topk"], job.params["sce_mask_deltas"], inplace=True)
 
 
 def _varm(job: Job) -> torch.Tensor:
@@ -205,7 +199,8 @@ def _gta_method(name: str, sparsifier: str | None, consensus: str | None, normal
 METHODS: dict[str, Method] = {
     "linear": Method("linear", _linear, {"weight": WEIGHT_NONNEG}, {"normalize": Param(True, bool)},
                      needs_base=False, summary="weighted average (model soup)"),
-    "task_arithmetic": Method("task_arithmetic", _task_arithmetic, {"weight": WEIGHT},
+    # task arithmetic = the TIES combine without trimming or consensus (same arithmetic order as mergekit)
+    "task_arithmetic": Method("task_arithmetic", _gta(None, None), {"weight": WEIGHT},
                               {"normalize": Param(False, bool), "lambda": LAMBDA},
                               summary="base + λ Σ w_i δ_i"),
     "ties": _gta_method("ties", "magnitude", "sum", True, False, "trim, elect sign, disjoint merge"),

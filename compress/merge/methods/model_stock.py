@@ -14,26 +14,45 @@ import torch
 
 
 def model_stock_t(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise: bool = False,
-                  eps: float = 1e-6) -> torch.Tensor:
-    """The interpolation ratio t (a scalar tensor, or one per row with `filter_wise`)."""
+                  eps: float = 1e-6, chunk: int = 1 << 20) -> torch.Tensor:
+    """The interpolation ratio t: a 1-element tensor, or one per row with `filter_wise`.
+
+    Dot products of the offsets are accumulated over chunks (rows for filter_wise), so no copy of
+    all offsets is held.
+    """
+    n = len(tensors)
     if filter_wise:
-        rows = (lambda x: x.reshape(1, -1)) if base.dim() < 2 else (lambda x: x.reshape(x.shape[0], -1))
+        rows = base.reshape(1, -1) if base.dim() < 2 else base.reshape(base.shape[0], -1)
+        step = max(1, chunk // max(1, rows.shape[1]))
     else:
-        def rows(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(1, -1)
-    b = rows(base)
-    offsets = [rows(t) - b for t in tensors]
+        rows = base.reshape(1, -1)
+        step = 1
+    views = [t.reshape(rows.shape) for t in tensors]
+    gram = torch.zeros(n, n, rows.shape[0], dtype=torch.float64, device=base.device)
+    if filter_wise:
+        for r in range(0, rows.shape[0], step):
+            offs = [v[r:r + step] - rows[r:r + step] for v in views]
+            for i in range(n):
+                for j in range(i, n):
+                    gram[i, j, r:r + step] += (offs[i] * offs[j]).sum(dim=-1).double()
+    else:
+        flat_b = rows.reshape(-1)
+        flats = [v.reshape(-1) for v in views]
+        for s in range(0, flat_b.numel(), chunk):
+            offs = [f[s:s + chunk] - flat_b[s:s + chunk] for f in flats]
+            for i in range(n):
+                for j in range(i, n):
+                    gram[i, j, 0] += float((offs[i].double() * offs[j].double()).sum())
     cos = []
-    for i in range(len(offsets)):
-        for j in range(i + 1, len(offsets)):
-            num = (offsets[i] * offsets[j]).sum(dim=-1)
-            den = (offsets[i].norm(dim=-1) * offsets[j].norm(dim=-1)).clamp(min=eps)
-            cos.append((num / den).clamp(-1, 1))
+    for i in range(n):
+        for j in range(i + 1, n):
+            den = (gram[i, i].sqrt() * gram[j, j].sqrt()).clamp(min=eps)
+            cos.append((gram[i, j] / den).clamp(-1, 1))
     c = torch.stack(cos).mean(dim=0)
-    n = len(offsets)
     den = 1 + (n - 1) * c
     singular = den.abs() < 1e-6  # c -> -1/(N-1): no finite estimate, keep the base (as mergekit)
-    return torch.where(singular, torch.zeros_like(c), n * c / torch.where(singular, torch.ones_like(den), den))
+    t = torch.where(singular, torch.zeros_like(c), n * c / torch.where(singular, torch.ones_like(den), den))
+    return t.to(base.dtype)
 
 
 def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise: bool = False,
@@ -44,9 +63,14 @@ def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise
     t = model_stock_t(base, tensors, filter_wise)
     if clamp_t is not None:
         t = t.clamp(clamp_t[0], clamp_t[1])
-    avg = torch.stack(list(tensors)).mean(dim=0)
+    avg = tensors[0].clone()
+    for x in tensors[1:]:
+        avg.add_(x)
+    avg.div_(len(tensors))
     if filter_wise and base.dim() >= 2:
         t = t.reshape(-1, *([1] * (base.dim() - 1)))
     else:
         t = t.reshape(()) if t.numel() == 1 else t
-    return t * avg + (1 - t) * base
+    avg.mul_(t)
+    avg.add_(base * (1 - t))
+    return avg

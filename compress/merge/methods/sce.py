@@ -15,45 +15,66 @@ from collections.abc import Sequence
 
 import torch
 
+CHUNK = 1 << 20
 
-def sce_select(deltas: torch.Tensor, topk: float) -> torch.Tensor:
-    """Mask of the top-τ fraction (of the non-zero-variance entries) by variance across models."""
+
+def sce_select(deltas: Sequence[torch.Tensor], topk: float) -> torch.Tensor:
+    """Bool mask of the top-τ fraction (of the non-zero-variance entries) by variance across models."""
+    first = deltas[0].reshape(-1)
     if topk >= 1:
-        return torch.ones_like(deltas[0])
+        return torch.ones(first.shape, dtype=torch.bool, device=first.device).reshape(deltas[0].shape)
     if topk <= 0:
-        return torch.zeros_like(deltas[0])
-    var = deltas.var(dim=0, unbiased=False)
+        return torch.zeros(first.shape, dtype=torch.bool, device=first.device).reshape(deltas[0].shape)
+    var = torch.empty_like(first)
+    flats = [d.reshape(-1) for d in deltas]
+    for start in range(0, first.numel(), CHUNK):  # population variance over models, in chunks
+        sl = slice(start, start + CHUNK)
+        var[sl] = torch.stack([f[sl] for f in flats]).var(dim=0, unbiased=False)
     k = int(int(torch.count_nonzero(var)) * topk)
-    mask = torch.zeros_like(var)
-    if k == 0:
-        return mask
-    idx = torch.topk(var.reshape(-1).abs(), k, largest=True).indices
-    mask.view(-1)[idx] = 1
-    return mask
+    mask = torch.zeros(first.shape, dtype=torch.bool, device=first.device)
+    if k > 0:
+        mask[torch.topk(var.abs(), k, largest=True).indices] = True
+    return mask.reshape(deltas[0].shape)
 
 
-def sce_weights(masked: torch.Tensor, threshold: float = 1e-6) -> torch.Tensor:
-    """η_j = mean(δ_j²) / Σ_l mean(δ_l²) over the stacked (masked) deltas; uniform if the sum < threshold."""
-    stat = (masked**2).reshape(masked.shape[0], -1).mean(dim=1)
+def sce_weights(masked: Sequence[torch.Tensor], threshold: float = 1e-6) -> torch.Tensor:
+    """η_j = mean(δ_j²) / Σ_l mean(δ_l²) over the (masked) deltas; uniform if the sum < threshold."""
+    stat = torch.stack([d.square().mean() for d in masked])
     total = float(stat.sum())
     if abs(total) < threshold:
         return torch.full_like(stat, 1.0 / stat.numel())
     return stat / total
 
 
-def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float = 1.0, mask_deltas: bool = True) -> torch.Tensor:
-    """Merge one tensor with SCE; `mask_deltas` picks upstream mergekit (True) or the FuseAI fork (False)."""
+def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float = 1.0, mask_deltas: bool = True,
+        inplace: bool = False) -> torch.Tensor:
+    """Merge one tensor with SCE; `mask_deltas` picks upstream mergekit (True) or the FuseAI fork (False).
+
+    With `inplace` the input tensors are overwritten by their deltas (saves memory on large tensors).
+    """
     if not tensors:
         return base
-    deltas = torch.stack([t - base for t in tensors])
+    deltas = [t.sub_(base) if inplace else t - base for t in tensors]
     mask = sce_select(deltas, topk)
-    masked = deltas * mask
-    eta = sce_weights(masked, threshold=1e-6 if mask_deltas else 0.0)
-    used = masked if mask_deltas else deltas
-    s = torch.where(used.sum(dim=0) >= 0, 1.0, -1.0).to(used.dtype)
-    erase = (used.sign() == s).to(used.dtype)
-    ew = eta.reshape(-1, *([1] * base.dim())) * erase
-    merged = (used * ew).sum(dim=0)
-    div = ew.sum(dim=0)
-    div = div.clamp(min=1e-6) if mask_deltas else torch.where(div == 0, torch.ones_like(div), div)
-    return base + merged / div
+    full = bool(mask.all())
+    if mask_deltas:
+        if not full:
+            for d in deltas:
+                d.mul_(mask)
+        eta = sce_weights(deltas, threshold=1e-6)
+    else:
+        eta = sce_weights([d * mask for d in deltas] if not full else deltas, threshold=0.0)
+    del mask
+    out = torch.empty_like(base)
+    flat_out, flat_base = out.reshape(-1), base.reshape(-1)
+    flats = [d.reshape(-1) for d in deltas]
+    eta_col = eta.reshape(-1, 1)
+    for start in range(0, flat_base.numel(), CHUNK):
+        sl = slice(start, start + CHUNK)
+        used = torch.stack([f[sl] for f in flats])
+        s = torch.where(used.sum(dim=0) >= 0, 1.0, -1.0).to(used.dtype)
+        ew = eta_col * (used.sign() == s).to(used.dtype)
+        div = ew.sum(dim=0)
+        div = div.clamp(min=1e-6) if mask_deltas else torch.where(div == 0, torch.ones_like(div), div)
+        torch.add(flat_base[sl], (used * ew).sum(dim=0) / div, out=flat_out[sl])
+    return out

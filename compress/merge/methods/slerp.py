@@ -15,18 +15,27 @@ import torch
 DOT_THRESHOLD = 0.9995
 
 
-def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Interpolate from v0 (t=0) to v1 (t=1) along the great circle through their directions."""
-    a = v0.reshape(-1).double()
-    b = v1.reshape(-1).double()
-    na, nb = a.norm(), b.norm()
-    ua = a / na if na > eps else a
-    ub = b / nb if nb > eps else b
-    dot = float((ua * ub).sum())
+def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 1e-8, chunk: int = 1 << 20) -> torch.Tensor:
+    """Interpolate from v0 (t=0) to v1 (t=1) along the great circle through their directions.
+
+    Norms and the dot product are accumulated over flat chunks in fp64, so no full-size copy is made.
+    """
+    a, b = v0.reshape(-1), v1.reshape(-1)
+    na2 = nb2 = ab = 0.0
+    for start in range(0, a.numel(), chunk):
+        x, y = a[start:start + chunk].double(), b[start:start + chunk].double()
+        na2 += float(x @ x)
+        nb2 += float(y @ y)
+        ab += float(x @ y)
+    na, nb = math.sqrt(na2), math.sqrt(nb2)
+    dot = ab / ((na if na > eps else 1.0) * (nb if nb > eps else 1.0))
+    dot = max(-1.0, min(1.0, dot))
     if abs(dot) > DOT_THRESHOLD:
-        return (1 - t) * v0 + t * v1
-    omega = math.acos(dot)
-    s = math.sin(omega)
-    s0 = math.sin((1 - t) * omega) / s
-    s1 = math.sin(t * omega) / s
-    return s0 * v0 + s1 * v1
+        c0, c1 = 1 - t, t
+    else:
+        omega = math.acos(dot)
+        s = math.sin(omega)
+        c0, c1 = math.sin((1 - t) * omega) / s, math.sin(t * omega) / s
+    out = v0 * c0
+    out.add_(v1, alpha=c1)
+    return out
