@@ -68,8 +68,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     for s in steps:
         for layer, kind in s["blocks"]:
             grid[0 if kind == "attn" else 1, layer] = s["step"]
-    cmap = matplotlib.colormaps["viridis_r"].copy()
-    cmap.set_bad("#eeeeee")
+    cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="#eeeeee")
     im = ax2.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0, vmax=max(1, len(steps)))
     ax2.set_yticks([0, 1], ["attn", "mlp"])
     ax2.set_xticks(range(n_layers), [str(i) for i in range(n_layers)], fontsize=6)
@@ -77,6 +76,6 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     fig.colorbar(im, ax=ax2, fraction=0.03, pad=0.01)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

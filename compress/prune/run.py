@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from compress.arch import family_for
+from compress.arch import family_for, num_layers
 from compress.checkpoint.atomic import check_output
 from compress.checkpoint.reader import Checkpoint
 from compress.errors import CompressError
@@ -25,7 +25,7 @@ from compress.progress import info, progress_bar, warn
 from compress.prune import report as rep
 from compress.prune.baselines import SLEB_BARRIERS, rank_by_score, shortgpt_scores
 from compress.prune.params import checkpoint_params
-from compress.prune.score import BlockRunner, block_at, block_name
+from compress.prune.score import BlockRunner, block_at, block_name, position
 from compress.prune.search import (
     CRITERIA,
     SEARCHES,
@@ -152,26 +152,14 @@ def prune(
     ckpt = Checkpoint(model)
     family = family_for(ckpt.config, ckpt.names())
     params = checkpoint_params(ckpt)
-    dev = parse_device(device)
-    cdtype = compute_dtype(dtype, dev)
-    torch.manual_seed(seed)
-    net = load_model(model, dev, cdtype, ckpt=ckpt)
-    tok = load_tokenizer(model)
-    windows, source = calibration_windows(net, tok, data, field, seq_len, samples, calib_tokens, seed)
-    tokens = windows.shape[0] * (windows.shape[1] - 1)
-    info(f"calibration: {windows.shape[0]} windows x {windows.shape[1]} tokens = {tokens:,} scored tokens ({source})")
-    if tokens < SMALL_CALIBRATION:
-        warn(f"only {tokens:,} calibration tokens: the search may fit this text rather than the model's "
-             f"general behaviour (use at least {SMALL_CALIBRATION:,}: more --samples, longer --seq-len, or --data)")
-
-    runner = BlockRunner(net, family)
-    already = runner.removed_in_model()
-    present = set(range(runner.n_positions)) - already
+    n_layers = num_layers(ckpt.config)
+    # Blocks the checkpoint has (an already pruned input lacks some): checked before any work.
+    present = {position(b) for b in params.blocks if b[0] < n_layers}
     if method == "blockpruner":
-        units = block_units(runner.n_layers, block_type, present, params.blocks)
+        units = block_units(n_layers, block_type, present, params.blocks)
         what = "blocks" if block_type == "mix" else f"{block_type} blocks"
     else:
-        units = layer_units(runner.n_layers, present, params.blocks, SLEB_BARRIERS if method == "sleb" else (0, 0))
+        units = layer_units(n_layers, present, params.blocks, SLEB_BARRIERS if method == "sleb" else (0, 0))
         what = "candidate layers"
     if not units:
         raise CompressError(f"{model} has no {what} left to remove")
@@ -183,6 +171,22 @@ def prune(
             raise CompressError(f"--ratio {ratio}: removing every candidate of {method} removes only "
                                 f"{100 * reachable:.1f}% of the parameters")
     stop = StopRule(blocks, ratio, max_ppl)
+
+    dev = parse_device(device)
+    cdtype = compute_dtype(dtype, dev)
+    torch.manual_seed(seed)
+    net = load_model(model, dev, cdtype, ckpt=ckpt)
+    tok = load_tokenizer(model)
+    runner = BlockRunner(net, family)
+    already = runner.removed_in_model()
+    if already != set(range(runner.n_positions)) - present:
+        raise CompressError(f"{model}: the loaded model's blocks do not match its checkpoint's tensors")
+    windows, source = calibration_windows(net, tok, data, field, seq_len, samples, calib_tokens, seed)
+    tokens = windows.shape[0] * (windows.shape[1] - 1)
+    info(f"calibration: {windows.shape[0]} windows x {windows.shape[1]} tokens = {tokens:,} scored tokens ({source})")
+    if tokens < SMALL_CALIBRATION:
+        warn(f"only {tokens:,} calibration tokens: the search may fit this text rather than the model's "
+             f"general behaviour (use at least {SMALL_CALIBRATION:,}: more --samples, longer --seq-len, or --data)")
 
     settings = {"method": method, "block_type": block_type, "criterion": criterion,
                 "search": "exact" if search in ("fast", "naive") else f"lazy m={lazy_m} every={lazy_every}",
