@@ -84,10 +84,17 @@ def test_physical_export_all_families(tiny_models, tmp_path, family):
     for name, t in expected.items():
         assert torch.equal(after[name], t), name
 
-    # compress.load (no remote code) == masked dense model.
+    # compress.load (no remote code) and the folder's own modeling code both == the masked dense model.
+    from transformers import AutoModelForCausalLM
+
+    ref = logits(masked(src, REMOVED), IDS)
     model = load_model(out, dtype="fp32")
-    torch.testing.assert_close(logits(model, IDS), logits(masked(src, REMOVED), IDS), rtol=1e-5, atol=1e-5)
-    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in dense(src).parameters())
+    torch.testing.assert_close(logits(model, IDS), ref, rtol=1e-5, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == sum(t.numel() for t in after.values())
+    remote = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, dtype=torch.float32).eval()
+    assert type(remote).__name__.startswith("CompressPruned")
+    assert type(remote).__module__.startswith("transformers_modules.")
+    torch.testing.assert_close(logits(remote, IDS), ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -22,20 +22,7 @@ from compress.checkpoint import Checkpoint
 from compress.errors import CompressError
 from compress.model.load import load_model
 from compress.prune.export import export_pruned
-from tests.fixtures import FAMILIES
 from tests.prune.test_export import IDS, REMOVED, logits, masked
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_remote_code_all_families(tiny_models, tmp_path, family):
-    from transformers import AutoModelForCausalLM
-
-    out = export_pruned(tiny_models[family], tmp_path / "out", REMOVED)
-    model = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, dtype=torch.float32).eval()
-    assert type(model).__name__.startswith("CompressPruned")
-    assert type(model).__module__.startswith("transformers_modules.")
-    torch.testing.assert_close(logits(model, IDS), logits(masked(tiny_models[family], REMOVED), IDS),
-                               rtol=1e-5, atol=1e-5)
 
 
 def test_load_pruned_in_bf16(tiny_llama, tmp_path):
@@ -134,7 +121,7 @@ def run_without_compress(tmp_path: Path, folders: list[Path], ids: torch.Tensor,
 
 def test_remote_code_loads_without_compress(tiny_models, tmp_path):
     # Two structurally different families in a python without compress (each costs seconds of imports);
-    # test_remote_code_all_families covers the template on every family in-process.
+    # test_export.py::test_physical_export_all_families loads every family's template in-process.
     outs = {fam: export_pruned(tiny_models[fam], tmp_path / fam, REMOVED) for fam in ("llama", "gemma3")}
     res = run_without_compress(tmp_path, list(outs.values()), IDS)
     assert res["compress_loaded"] == []
