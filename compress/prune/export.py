@@ -277,6 +277,7 @@ def export_pruned(
     may itself be a pruned checkpoint: its `compress_pruned_blocks` are merged in. `extra` goes into
     compress.json; `before_commit(tmp)` runs before the output folder appears.
     """
+    removed = list(removed)
     ckpt = Checkpoint(model_dir)
     plan = plan_export(ckpt, removed, mode)
     specs = []

@@ -264,6 +264,21 @@ def test_bad_input(tiny_llama, tmp_path, removed, mode, message):
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
+def test_llama_shaped_unknown_architecture(tmp_path):
+    src = make_tiny_model(tmp_path / "src", "llama")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["model_type"] = "mystery"
+    (src / "config.json").write_text(json.dumps(cfg))
+    # Partially pruned layers need transformers' class for the modeling code: refused before writing anything.
+    with pytest.raises(CompressError, match="no causal-LM class for model_type 'mystery'"):
+        export_pruned(src, tmp_path / "out", [(1, "attn")])
+    assert not (tmp_path / "out").exists()
+    # Whole layers only: a plain checkpoint of the same (unknown) type, renumbered.
+    out = export_pruned(src, tmp_path / "out", [[1, "attn"], [1, "mlp"]])
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 3
+    assert "model.layers.2.mlp.up_proj.weight" in Checkpoint(out) and "model.layers.3.mlp.up_proj.weight" not in Checkpoint(out)
+
+
 def test_existing_output_needs_force(tiny_llama, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
