@@ -14,11 +14,12 @@ from compress.checkpoint.reader import Checkpoint
 from compress.checkpoint.writer import DEFAULT_MAX_SHARD
 from compress.data.text import load_windows
 from compress.errors import CompressError
+from compress.merge import merge
 from compress.model.device import dtype_name, parse_dtype
 from compress.model.load import load
 from compress.progress import progress_bar
 
-__all__ = ["convert", "inspect", "load", "perplexity"]
+__all__ = ["convert", "inspect", "load", "merge", "perplexity"]
 
 
 def convert(gguf: str | os.PathLike[str], output: str | os.PathLike[str], dtype: str | torch.dtype = "bf16",
