@@ -134,6 +134,35 @@ def test_two_models_all_tasks_equal_lm_eval(tiny_pair, local_data, wiki_test, tm
     assert "pass --force" in _err(capsys)
 
 
+def test_pruned_checkpoint_equals_masked_model(tiny_llama, local_data, tmp_path):
+    """eval.md §2: a model written by `compress prune` (physical export, custom layers) scores the
+    same as the masked model in memory; the table shows fewer parameters."""
+    from compress import load
+    from compress.arch import family_for
+    from compress.checkpoint.reader import Checkpoint
+    from compress.eval.harness import run_lm_eval
+    from compress.eval.run import evaluate
+    from compress.eval.tasks import resolve_task_data
+    from compress.prune.export import export_pruned
+    from compress.prune.mask import apply_removals
+
+    removed = [(1, "attn"), (2, "mlp")]
+    pruned = export_pruned(tiny_llama, tmp_path / "pruned", removed)
+    tasks = ("piqa", "arc_easy")
+    rec = evaluate([tiny_llama, pruned], ",".join(tasks), limit=3, data_dir=local_data)
+    dense_rec, pruned_rec = rec["models"]
+    assert pruned_rec["pruned"] and pruned_rec["delta"]["parameters"] < 0
+    model, tok = load(tiny_llama)
+    ck = Checkpoint(tiny_llama)
+    apply_removals(model, family_for(ck.config, ck.names()), removed)
+    masked = run_lm_eval(model, tok, [resolve_task_data(t, [local_data]) for t in tasks], limit=3)
+    for t in tasks:
+        assert pruned_rec["results"][t]["value"] == masked[t].value
+        for a, b in zip(pruned_rec["results"][t]["items"], masked[t].items, strict=True):
+            assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-4)
+    assert pruned_rec["results"]["piqa"]["items"][0]["loglikelihoods"] != dense_rec["results"]["piqa"]["items"][0]["loglikelihoods"]
+
+
 def test_masked_model_in_memory(tiny_llama, local_data):
     """A model with removed blocks (compress.prune.mask, the modules pruned checkpoints load with)
     runs through lm-eval's HFLM; its log-likelihoods equal a hand computation on the same model."""
