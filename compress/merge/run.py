@@ -542,9 +542,11 @@ def varm_statistics(plan: MergePlan, loader: _Loader, threads: int) -> dict[str,
 def merge_one(plan: MergePlan, task: TensorTask, loader: _Loader, seed: int,
               weights: torch.Tensor | None = None) -> torch.Tensor:
     base = loader.load(task.base, task.rows) if task.base is not None else None
-    tensors = [loader.load(s, task.rows) for s in task.others]
+    lazy = plan.method.lazy
+    tensors = [] if lazy else [loader.load(s, task.rows) for s in task.others]
     job = Job(task.out, base, tensors, task.model_params, task.params, seed, [s.model for s in task.others],
-              weights.to(torch.float32) if weights is not None else None)
+              weights.to(torch.float32) if weights is not None else None,
+              (lambda i: loader.load(task.others[i], task.rows)) if lazy else None)
     out = plan.method.merge(job)
     return out.to(task.dtype)
 

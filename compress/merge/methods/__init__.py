@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,15 @@ class Job:
     seed: int = 0
     model_ids: list[int] = field(default_factory=list)
     weights: torch.Tensor | None = None  # precomputed per-model weights (VaRM's statistics pass)
+    load: Callable[[int], torch.Tensor] | None = None  # lazy methods read model i on demand
+
+    def inputs(self) -> Iterator[torch.Tensor]:
+        """The non-base tensors, one at a time (read on demand for lazy methods)."""
+        if self.load is None:
+            yield from self.tensors
+        else:
+            for i in range(len(self.model_params)):
+                yield self.load(i)
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ class Method:
     max_models: int | None = None
     random: bool = False
     two_pass: bool = False
+    lazy: bool = False  # reads one model at a time through Job.load (constant memory in the model count)
     summary: str = ""
 
 
@@ -121,7 +131,7 @@ def rescale_mode(v: Any) -> str:
 
 # ---- adapters ------------------------------------------------------------------------------
 def _linear(job: Job) -> torch.Tensor:
-    return linear(job.tensors, [p["weight"] for p in job.model_params], job.params["normalize"])
+    return linear(job.inputs(), [p["weight"] for p in job.model_params], job.params["normalize"])
 
 
 def _gta(sparsifier: str | None, consensus: str | None) -> Callable[[Job], torch.Tensor]:
@@ -170,7 +180,7 @@ def _sce(job: Job) -> torch.Tensor:
 
 def _varm(job: Job) -> torch.Tensor:
     assert job.base is not None and job.weights is not None
-    return varm_merge(job.base, job.tensors, job.weights)
+    return varm_merge(job.base, job.inputs(), job.weights)
 
 
 WEIGHT = Param(1.0, float, _finite)
@@ -198,7 +208,7 @@ def _gta_method(name: str, sparsifier: str | None, consensus: str | None, normal
 
 METHODS: dict[str, Method] = {
     "linear": Method("linear", _linear, {"weight": WEIGHT_NONNEG}, {"normalize": Param(True, bool)},
-                     needs_base=False, summary="weighted average (model soup)"),
+                     needs_base=False, lazy=True, summary="weighted average (model soup)"),
     # task arithmetic = the TIES combine without trimming or consensus (same arithmetic order as mergekit)
     "task_arithmetic": Method("task_arithmetic", _gta(None, None), {"weight": WEIGHT},
                               {"normalize": Param(False, bool), "lambda": LAMBDA},
@@ -223,7 +233,7 @@ METHODS: dict[str, Method] = {
                                        "norm": Param("sum", str, _choice(NORMS)),
                                        "temperature": Param(1.0, float, _positive),
                                        "zero_fallback": Param("pivot", str, _choice(ZERO_FALLBACKS))},
-                   two_pass=True, summary="FuseChat variation-ratio merge (weights from mean Δ²)"),
+                   two_pass=True, lazy=True, summary="FuseChat variation-ratio merge (weights from mean Δ²)"),
 }
 
 

@@ -8,16 +8,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 
-def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
-    """Weighted sum of the tensors, divided by the weight sum when `normalize`."""
-    out = torch.zeros_like(tensors[0])
+def linear(tensors: Iterable[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
+    """Weighted sum of the tensors, divided by the weight sum when `normalize`.
+
+    `tensors` may be a generator: each tensor is added and released before the next is produced.
+    """
+    out: torch.Tensor | None = None
     for t, w in zip(tensors, weights, strict=True):
+        if out is None:
+            out = torch.zeros_like(t)
         out.add_(t, alpha=float(w))
+    if out is None:
+        raise ValueError("linear merge of zero tensors")
     if normalize:
         total = float(sum(weights))
         if abs(total) < 1e-8:

@@ -14,7 +14,7 @@ is the pivot's (`zero_fallback="pivot"`); `zero_fallback="uniform"` reproduces t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -47,8 +47,8 @@ def varm_weights(stats: Sequence[float], norm: str = "sum", temperature: float =
     return s / total
 
 
-def varm_merge(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """θ = θ_b + Σ_j W_j (θ_j − θ_b)."""
+def varm_merge(base: torch.Tensor, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """θ = θ_b + Σ_j W_j (θ_j − θ_b); `tensors` may be a generator (one target resident at a time)."""
     out = base.clone()
     for t, w in zip(tensors, weights.tolist(), strict=True):
         if w != 0:
