@@ -91,6 +91,11 @@ def test_cached_generation_equals_reforward(sources, tmp_path, family, case):
     assert torch.equal(gen[0], row0) and torch.equal(gen[1], row1), (case, gen, row0, row1)
     # a hand-written decoding loop over the cache, without position ids
     assert torch.equal(cached_loop(model, PROMPT[1:], NEW)[0], row1)
+    # a static (preallocated) cache
+    with torch.no_grad():
+        static = model.generate(PROMPT[1:], max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                                cache_implementation="static")
+    assert torch.equal(static[0, PROMPT.shape[1]:], row1)
 
 
 @pytest.mark.parametrize("case", ["attn0", "one_attn_left"])
