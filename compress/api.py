@@ -18,8 +18,9 @@ from compress.merge import merge
 from compress.model.device import dtype_name, parse_dtype
 from compress.model.load import load
 from compress.progress import progress_bar
+from compress.prune.run import prune
 
-__all__ = ["convert", "inspect", "load", "merge", "perplexity"]
+__all__ = ["convert", "inspect", "load", "merge", "perplexity", "prune"]
 
 
 def convert(gguf: str | os.PathLike[str], output: str | os.PathLike[str], dtype: str | torch.dtype = "bf16",
