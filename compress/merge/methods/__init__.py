@@ -138,6 +138,8 @@ def _gta(sparsifier: str | None, consensus: str | None) -> Callable[[Job], torch
     def run(job: Job) -> torch.Tensor:
         assert job.base is not None
         rescale = rescale_mode(job.params.get("rescale", False))
+        if consensus is None:
+            return _gta_streaming(job, sparsifier, rescale)
         deltas = []
         for i, p in enumerate(job.model_params):
             # The job owns its tensors: turn each input into its delta in place and drop the input,
@@ -183,6 +185,46 @@ def _varm(job: Job) -> torch.Tensor:
     return varm_merge(job.base, job.inputs(), job.weights)
 
 
+def _sparsified(job: Job, i: int, d: torch.Tensor, sparsifier: str | None, rescale: str) -> torch.Tensor:
+    p = job.model_params[i]
+    rho = p.get("density", 1.0)
+    if sparsifier == "magnitude":
+        return sparsify.magnitude(d, rho, rescale, inplace=True)
+    if sparsifier == "dare":
+        return sparsify.dare(d, rho, rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
+    if sparsifier == "breadcrumbs":
+        return sparsify.breadcrumbs(d, rho, p["gamma"], rescale, inplace=True)
+    if sparsifier == "della":
+        return sparsify.della(d, rho, p["epsilon"], rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
+    return d
+
+
+def _gta_streaming(job: Job, sparsifier: str | None, rescale: str) -> torch.Tensor:
+    """Without sign consensus the combine is a running sum: one model resident at a time.
+
+    θ_b + λ · (Σ_i w_i δ̃_i) / Σ_i w_i, summed in model order (bit-identical to summing the stack).
+    """
+    assert job.base is not None
+    weights = [float(p["weight"]) for p in job.model_params]
+    mixed: torch.Tensor | None = None
+    for i, t in enumerate(job.inputs()):
+        d = _sparsified(job, i, t.sub_(job.base), sparsifier, rescale)
+        d.mul_(weights[i])
+        if mixed is None:
+            mixed = d
+        else:
+            mixed.add_(d)
+        del d, t
+    if mixed is None:
+        return job.base
+    if job.params["normalize"]:
+        total = torch.tensor(weights, dtype=mixed.dtype).sum()
+        mixed.div_(torch.where(total.abs() < 1e-8, torch.ones_like(total), total).item())
+    if job.params["lambda"] != 1:
+        mixed.mul_(job.params["lambda"])
+    return mixed.add_(job.base)
+
+
 WEIGHT = Param(1.0, float, _finite)
 WEIGHT_NONNEG = Param(1.0, float, _nonneg)
 DENSITY = Param(1.0, float, _density)
@@ -202,8 +244,8 @@ def _gta_method(name: str, sparsifier: str | None, consensus: str | None, normal
     shared = {"normalize": Param(normalize, bool), "lambda": LAMBDA, "int8_mask": INT8}
     if sparsifier:
         shared["rescale"] = Param(rescale, object, _rescale_check)
-    return Method(name, _gta(sparsifier, consensus), per_model, shared,
-                  random=sparsifier in ("dare", "della"), summary=summary)
+    return Method(name, _gta(sparsifier, consensus), per_model, shared, random=sparsifier in ("dare", "della"),
+                  lazy=consensus is None, summary=summary)
 
 
 METHODS: dict[str, Method] = {
@@ -211,7 +253,7 @@ METHODS: dict[str, Method] = {
                      needs_base=False, lazy=True, summary="weighted average (model soup)"),
     # task arithmetic = the TIES combine without trimming or consensus (same arithmetic order as mergekit)
     "task_arithmetic": Method("task_arithmetic", _gta(None, None), {"weight": WEIGHT},
-                              {"normalize": Param(False, bool), "lambda": LAMBDA},
+                              {"normalize": Param(False, bool), "lambda": LAMBDA}, lazy=True,
                               summary="base + λ Σ w_i δ_i"),
     "ties": _gta_method("ties", "magnitude", "sum", True, False, "trim, elect sign, disjoint merge"),
     "dare_ties": _gta_method("dare_ties", "dare", "sum", False, True, "random drop + rescale, TIES consensus"),
