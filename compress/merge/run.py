@@ -240,6 +240,7 @@ def build_plan(recipe: Recipe, lines: dict[tuple, int] | None = None, recipe_tex
     lines = lines or {}
     method = get_method(recipe.merge_method)
     _check_parameter_blocks(recipe, method, lines)
+    _chat_template(recipe)
     out_dtype = _parse_dtype(recipe.out_dtype, "out_dtype", lines) or _parse_dtype(recipe.dtype, "dtype", lines) \
         or (DTYPES.get(dtype) if dtype not in (None, "auto") else None)
 
@@ -579,7 +580,7 @@ def execute(plan: MergePlan, output: str | os.PathLike[str], *, device: str = "c
                                                                 for s, mp in zip(t.others, t.model_params, strict=True)],
                               **({"varm_weights": weights[t.out].tolist()} if t.out in weights else {})}
                       for t in plan.tasks}
-        files = {"mergekit_config.yml": plan.recipe_text or _yaml(resolved),
+        files = {"mergekit_config.yml": plan.recipe_text or _yaml(resolved), **_chat_template(plan.recipe),
                  "compress_merge.json": json.dumps({"method": plan.method.name, "method_version": METHOD_VERSION,
                                                     "seed": seed, "resolved": resolved, "tensors": per_tensor},
                                                    indent=1, default=str) + "\n"}
@@ -595,6 +596,16 @@ def execute(plan: MergePlan, output: str | os.PathLike[str], *, device: str = "c
     info(f"merged {len(plan.models)} models with {plan.method.name} into {output} ({len(plan.tasks)} tensors, {wall:.1f}s)")
     return {"output": str(output), "method": plan.method.name, "models": [str(p) for p in plan.models],
             "tensors": len(plan.tasks), "seconds": round(wall, 3), "seed": seed}
+
+
+def _chat_template(recipe: Recipe) -> dict[str, str]:
+    """`chat_template: auto` (or absent) keeps the tokenizer source's template; Jinja text replaces it."""
+    ct = recipe.chat_template
+    if ct is None or ct == "auto":
+        return {}
+    if "{%" in ct or "{{" in ct:
+        return {"chat_template.jinja": ct}
+    raise CompressError(f"chat_template {ct!r}: named templates are not built in; give the Jinja text or 'auto'")
 
 
 def _resolved_recipe(plan: MergePlan, seed: int) -> dict[str, Any]:

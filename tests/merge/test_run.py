@@ -346,3 +346,17 @@ def test_output_is_input_or_exists(merge_models, tmp_path, capsys):
     (out / "keep.txt").write_text("x")
     code, _, err = run_cli(["merge", "--method", "linear", str(m["a"]), str(m["b"]), "-o", str(out)], capsys)
     assert code == 1 and "--force" in err and (out / "keep.txt").read_text() == "x"
+
+
+def test_chat_template_from_recipe(merge_models, tmp_path):
+    m = merge_models
+    jinja = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    recipe = {"merge_method": "linear", "models": [{"model": str(m["a"])}, {"model": str(m["b"])}],
+              "chat_template": jinja}
+    out = tmp_path / "out"
+    merge(recipe, out)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert text == "[user] hi\n"
