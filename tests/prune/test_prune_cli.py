@@ -162,14 +162,16 @@ def test_bad_data_and_existing_output(tmp_path, capsys, tiny_models):
 
 @pytest.mark.slow
 def test_smollm2_end_to_end(tmp_path, capsys, smollm2):
-    """The real model: 2 blocks on 4 short windows of Alpaca-style text, fast search, physical export."""
+    """The real model: 2 attention blocks on 2 short windows of Alpaca-style text (kept tiny: one
+    candidate costs a 135M-parameter forward), fast search, physical export, CLI end to end."""
     data = Path(WIKI_VALID).parents[1] / "alpaca_eval" / "model_outputs.json"
-    rep = prune_json(capsys, smollm2, "-o", tmp_path / "out", "--blocks", 2, "--data", data, "--field",
-                     "instruction,output", "--seq-len", "64", "--samples", "4")
+    rep = prune_json(capsys, smollm2, "-o", tmp_path / "out", "--blocks", 2, "--block-type", "attn", "--data", data,
+                     "--field", "instruction,output", "--seq-len", "48", "--samples", "2")
     out = Path(rep["output"])
     assert rep["ratio"] == pytest.approx(1 - n_params(out) / n_params(smollm2), abs=1e-12)
+    assert Checkpoint(out).config["compress_pruned_blocks"]["attn"], "partially pruned layers are recorded"
     model, tok = load(out, "cpu", "fp32")
-    win = load_windows(data, tok, 64, 4, 42, "instruction,output")
+    win = load_windows(data, tok, 48, 2, 42, "instruction,output")
     with torch.no_grad():
         ppl = math.exp(float(model(input_ids=win, labels=win).loss))
     assert ppl == pytest.approx(rep["ppl"], rel=1e-4)
