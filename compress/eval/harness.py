@@ -36,10 +36,11 @@ class TaskResult:
     version: Any
     config: dict[str, Any] = field(default_factory=dict)  # prompts, splits, decoding
     items: list[dict[str, Any]] = field(default_factory=list)
+    coverage: float | None = None  # generation tasks: share of answers the extraction could parse
 
     def as_dict(self, items: bool = True) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("task", "metric", "value", "stderr", "metrics", "n", "n_total",
-                                          "num_fewshot", "version", "config")}
+                                          "num_fewshot", "version", "config", "coverage")}
         if items:
             d["items"] = self.items
         return d
@@ -120,10 +121,14 @@ def run_lm_eval(model: torch.nn.Module, tokenizer: Any, data: list[TaskData], *,
         metric_names = [m["metric"] for m in cfg.get("metric_list", [])]
         items = [_item(s, metric_names) for s in out.get("samples", {}).get(task, [])
                  if s.get("filter") in (None, "none", (cfg.get("filter_list") or [{}])[0].get("name"))]
+        coverage = None
+        if cfg.get("output_type") == "generate_until" and items:
+            coverage = sum(it.get("extracted") not in (None, "[invalid]") for it in items) / len(items)
         results[task] = TaskResult(
             task=task, metric=primary_metric(cfg), value=float(res[key]),
             stderr=float(stderr) if isinstance(stderr, int | float) else None, metrics=metrics,
             n=int(ncount.get("effective", len(items))), n_total=int(ncount.get("original", 0)),
             num_fewshot=int(used.get("num_fewshot") or 0), version=out.get("versions", {}).get(task),
-            config={k: _describe(used[k]) for k in PROMPT_KEYS if used.get(k) is not None}, items=items)
+            config={k: _describe(used[k]) for k in PROMPT_KEYS if used.get(k) is not None}, items=items,
+            coverage=coverage)
     return results

@@ -114,9 +114,11 @@ def test_two_models_all_tasks_equal_lm_eval(tiny_pair, local_data, wiki_test, tm
                 assert ours[s["doc_id"]]["loglikelihoods"] == [round(float(r[0]), 6) for r in s["filtered_resps"]]
         assert m["results"]["gsm8k"]["value"] == ref["results"]["gsm8k"]["exact_match,strict-match"]
         ours = _ours_items(m, "gsm8k")
-        for s in ref["samples"]["gsm8k"]:
-            if s["filter"] == "strict-match":
-                assert ours[s["doc_id"]]["response"] == s["resps"][0][0]
+        strict = [s for s in ref["samples"]["gsm8k"] if s["filter"] == "strict-match"]
+        for s in strict:
+            assert ours[s["doc_id"]]["response"] == s["resps"][0][0]
+        parsed = sum(s["filtered_resps"][0] != "[invalid]" for s in strict) / len(strict)
+        assert m["results"]["gsm8k"]["coverage"] == parsed
         from compress import perplexity
 
         assert m["results"]["ppl"]["ppl"] == perplexity(path, wiki_test, seq_len=64, max_windows=2)["ppl"]

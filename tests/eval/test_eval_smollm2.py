@@ -17,7 +17,7 @@ MC = ["piqa", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa", 
 
 
 def test_smollm2_multiple_choice_equals_lm_eval(smollm2, local_data, tmp_path, capsys):
-    limit = 5
+    limit = 3
     assert main(["eval", str(smollm2), "--tasks", ",".join(MC), "--limit", str(limit), "--dtype", "fp32",
                  "--data-dir", str(local_data), "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
