@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import click
 
-from compress.model.device import DTYPE_CHOICES
-
 from compress.cli.options import (
     device_option,
     emit_json,
@@ -12,6 +10,7 @@ from compress.cli.options import (
     output_option,
     seed_option,
 )
+from compress.model.device import DTYPE_CHOICES
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:
