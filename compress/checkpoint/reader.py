@@ -36,6 +36,7 @@ SIDE_FILES = (
     "chat_template.jinja",
     "chat_template.json",
     "generation_config.json",
+    "modeling_compress_pruned.py",  # remote code of a `compress prune` checkpoint (auto_map)
 )
 
 _ST_DTYPES = {
