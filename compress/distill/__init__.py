@@ -1,0 +1,1 @@
+"""Preference distillation: losses, teacher signals (online or cached top-k), generation, training."""

@@ -208,9 +208,8 @@ class CachedTeacher:
             for n in parts:
                 if n in sh:
                     parts[n].append(sh[n][a:b])
-        labels = torch.cat(parts["labels"]).long()
-        if not torch.equal(labels, batch.targets.cpu()):
+        # widen before concatenating: torch.cat of fp16 tensors fails under CPU bf16 autocast
+        cat = {n: torch.cat([t.long() if n in ("ids", "labels") else t.float() for t in v]) for n, v in parts.items() if v}
+        if not torch.equal(cat["labels"], batch.targets.cpu()):
             raise CompressError(f"{self.folder}: cached labels do not match the batch's {slot} tokens")
-        ref = torch.cat(parts["ref_logprobs"]).float() if parts["ref_logprobs"] else None
-        return Signals(torch.cat(parts["ids"]).long(), torch.cat(parts["logprobs"]).float(),
-                       torch.cat(parts["rest_logprob"]).float(), ref)
+        return Signals(cat["ids"], cat["logprobs"], cat["rest_logprob"], cat.get("ref_logprobs"))

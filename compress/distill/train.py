@@ -492,3 +492,17 @@ def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg:
     save_checkpoint(output, specs, produce, config=dict(ck.config), inputs=inputs, side_files=ck.side_files(),
                     force=force, recipe=recipe,
                     extra={"result": result, "history": history[-200:]})
+
+
+def distill(student: str | os.PathLike[str], data: str | os.PathLike[str], output: str | os.PathLike[str],
+            method: str = "sft", *, teacher: str | None = None, ref_teacher: str | None = None,
+            teacher_cache: str | None = None, ref_model: str | None = None, checkpoint_dir: str | None = None,
+            resume: bool = False, force: bool = False, device: str = "cpu", **options: Any) -> dict[str, Any]:
+    """Train `student` on preference pairs with one loss (`compress distill train`); options are the
+    `DistillConfig` fields, e.g. `distill("pruned", "pairs.jsonl", "out", "dckd", teacher_cache="c", lr=5e-7)`."""
+    unknown = sorted(set(options) - set(DistillConfig.__dataclass_fields__))
+    if unknown:
+        raise CompressError(f"unknown distill option {unknown[0]!r}")
+    cfg = DistillConfig(method=method, **options)
+    return train(student, data, output, cfg, teacher=teacher, ref_teacher=ref_teacher, teacher_cache=teacher_cache,
+                 ref_model=ref_model, checkpoint_dir=checkpoint_dir, resume=resume, force=force, device=device)
