@@ -20,7 +20,7 @@ for _k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     _os.environ.setdefault(_k, "1")
 _os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from compress.api import convert, evaluate, inspect, load, merge, perplexity, prune  # noqa: E402
+from compress.api import convert, distill, evaluate, inspect, load, merge, perplexity, prune  # noqa: E402
 from compress.errors import CompressError  # noqa: E402
 
-__all__ = ["CompressError", "__version__", "convert", "evaluate", "inspect", "load", "merge", "perplexity", "prune"]
+__all__ = ["CompressError", "__version__", "convert", "distill", "evaluate", "inspect", "load", "merge", "perplexity", "prune"]

@@ -13,6 +13,7 @@ from compress.checkpoint.gguf import convert_gguf
 from compress.checkpoint.reader import Checkpoint
 from compress.checkpoint.writer import DEFAULT_MAX_SHARD
 from compress.data.text import load_windows
+from compress.distill.train import distill
 from compress.errors import CompressError
 from compress.eval.run import evaluate
 from compress.merge import merge
@@ -21,7 +22,7 @@ from compress.model.load import load
 from compress.progress import progress_bar
 from compress.prune.run import prune
 
-__all__ = ["convert", "evaluate", "inspect", "load", "merge", "perplexity", "prune"]
+__all__ = ["convert", "distill", "evaluate", "inspect", "load", "merge", "perplexity", "prune"]
 
 
 def convert(gguf: str | os.PathLike[str], output: str | os.PathLike[str], dtype: str | torch.dtype = "bf16",
