@@ -206,3 +206,12 @@ def test_reverse_and_jsd_buckets_match_explicit():
         jsd = 0.3 * (pb * (pb / m).log()).sum() + 0.7 * (qb * (qb / m).log()).sum()
         assert float(L.topk_kd_tokens(s[i:i + 1], ids[i:i + 1], lp[i:i + 1], rest[i:i + 1], "reverse")) == pytest.approx(float(rev), abs=1e-5)
         assert float(L.topk_kd_tokens(s[i:i + 1], ids[i:i + 1], lp[i:i + 1], rest[i:i + 1], "jsd", 0.3)) == pytest.approx(float(jsd), abs=1e-5)
+
+
+def test_temperature_retarget_is_power_and_renormalise():
+    z = _logits(n=2, v=12, seed=19)
+    ids, lp, rest = L.topk_from_logits(z, 4)
+    lp2, rest2 = L.retarget_temperature(lp, rest, 0.5)
+    buckets = torch.cat([lp.double().exp(), rest.double().exp().unsqueeze(-1)], -1) ** 0.5
+    buckets = buckets / buckets.sum(-1, keepdim=True)
+    assert torch.allclose(torch.cat([lp2, rest2.unsqueeze(-1)], -1).double().exp(), buckets, atol=1e-6)
