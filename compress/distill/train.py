@@ -310,6 +310,12 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
                             "give --ref-teacher MODEL")
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else Path(str(output) + ".checkpoints")
 
+    # Accelerate keeps one global state per process: a second run in the same process (API use, tests)
+    # with another precision or device must start from a clean state. The process group survives.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=int(os.environ.get("WORLD_SIZE", "1")) <= 1)
+    GradientState._reset_state()
     accelerator = Accelerator(cpu=(device == "cpu"), gradient_accumulation_steps=cfg.grad_accum,
                               mixed_precision="bf16" if cfg.precision == "bf16" else "no")
     set_seed(cfg.seed)
