@@ -310,3 +310,10 @@ def test_random_methods_reproducible(name):
         return m.merge(Job("layer.w", base.clone(), [x.clone() for x in models], mp, shared, seed, [1, 2]))
     torch.testing.assert_close(run(5), run(5))
     assert not torch.equal(run(5), run(6))
+
+
+def test_magnitude_inplace_same_selection_with_ties():
+    d = (rnd(20000, seed=11) * 50).round() / 50  # many equal magnitudes: tie order matters
+    want = sp.magnitude(d.clone(), 0.4)
+    assert int((want != 0).sum()) == 8000
+    torch.testing.assert_close(sp.magnitude(d.clone(), 0.4, inplace=True), want, rtol=0, atol=0)

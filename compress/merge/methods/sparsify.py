@@ -37,7 +37,13 @@ def magnitude(delta: torch.Tensor, density: float, rescale: str = "none", inplac
     if density >= 1 or delta.numel() == 0:
         return delta
     k = max(1, int(density * delta.numel()))  # at least one entry survives (as mergekit)
-    order = torch.argsort(delta.abs().reshape(-1), descending=True)
+    if inplace:  # sort |δ| held in δ itself (signs kept aside as bits): no full-size |δ| copy
+        neg = delta < 0
+        order = torch.argsort(delta.abs_().reshape(-1), descending=True)
+        delta[neg] = -delta[neg]
+        del neg
+    else:
+        order = torch.argsort(delta.abs().reshape(-1), descending=True)
     keep = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
     keep[order[:k]] = True
     del order
