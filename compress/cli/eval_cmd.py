@@ -95,6 +95,6 @@ def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, max_
                    names=[n.strip() for n in names.split(",")] if names else None, output=output, force=force)
     if as_json:
         emit_json(summary(res))
-    progress.console.print(res["markdown"], highlight=False, markup=False)
+    progress.console.print(res["markdown"], highlight=False, markup=False, soft_wrap=True)
     if output:
         progress.console.print(f"wrote {res['output']}/eval.json, results.md, results.png", highlight=False)

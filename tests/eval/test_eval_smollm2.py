@@ -16,11 +16,11 @@ pytestmark = pytest.mark.slow
 MC = ["piqa", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa", "hellaswag"]
 
 
-def test_smollm2_multiple_choice_equals_lm_eval(smollm2, local_data, tmp_path, capsys):
+def test_smollm2_multiple_choice_equals_lm_eval(smollm2, local_data, tmp_path):
     limit = 3
     assert main(["eval", str(smollm2), "--tasks", ",".join(MC), "--limit", str(limit), "--dtype", "fp32",
-                 "--data-dir", str(local_data), "--json"]) == 0
-    rec = json.loads(capsys.readouterr().out)
+                 "--data-dir", str(local_data), "-o", str(tmp_path / "out")]) == 0
+    rec = json.loads((tmp_path / "out" / "eval.json").read_text())
     ours = rec["models"][0]["results"]
     ref = run_builtin(smollm2, {t: hub_format(t, local_data, tmp_path) for t in MC}, limit=limit, dtype="float32")
     for t in MC:
@@ -29,6 +29,9 @@ def test_smollm2_multiple_choice_equals_lm_eval(smollm2, local_data, tmp_path, c
         assert ours[t]["value"] == ref["results"][t][f"{metric},none"], t
         assert ours[t]["metrics"]["acc,none"] == ref["results"][t]["acc,none"], t
         assert ours[t]["n"] == (3 if t == "hellaswag" else limit)
+        items = {it["doc_id"]: it["loglikelihoods"] for it in ours[t]["items"]}
+        for s in ref["samples"][t]:
+            assert items[s["doc_id"]] == [round(float(r[0]), 6) for r in s["filtered_resps"]], (t, s["doc_id"])
     print({t: round(100 * ours[t]["value"], 1) for t in MC})
 
 
