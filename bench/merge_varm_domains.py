@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package from this checkout, whatever the working directory
 DATA = Path(os.environ.get("COMPRESS_SHARED", ROOT.parent / "shared")) / "data"
 WORK = Path(os.environ.get("COMPRESS_BENCH_WORK", "/tmp/compress-bench-varm"))
 
