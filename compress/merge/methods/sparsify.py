@@ -28,6 +28,20 @@ def rescale_l1(original: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) ->
     return kept * (before / after)
 
 
+def _abs_order(delta: torch.Tensor, descending: bool, inplace: bool) -> torch.Tensor:
+    """Flat indices of δ sorted by |δ| with torch's default (unstable) sort, as mergekit sorts.
+
+    In place, |δ| is formed inside δ (signs kept aside as bits) and restored after: one full-size
+    temporary less on large tensors, same order.
+    """
+    if not inplace:
+        return torch.sort(delta.abs().reshape(-1), descending=descending).indices
+    neg = delta < 0
+    order = torch.sort(delta.abs_().reshape(-1), descending=descending).indices
+    delta[neg] = -delta[neg]
+    return order
+
+
 def magnitude(delta: torch.Tensor, density: float, rescale: str = "none", inplace: bool = False) -> torch.Tensor:
     """TIES trim: keep the k = max(1, ⌊ρ·numel⌋) entries of largest |δ|, zero the rest.
 
@@ -37,13 +51,7 @@ def magnitude(delta: torch.Tensor, density: float, rescale: str = "none", inplac
     if density >= 1 or delta.numel() == 0:
         return delta
     k = max(1, int(density * delta.numel()))  # at least one entry survives (as mergekit)
-    if inplace:  # sort |δ| held in δ itself (signs kept aside as bits): no full-size |δ| copy
-        neg = delta < 0
-        order = torch.argsort(delta.abs_().reshape(-1), descending=True)
-        delta[neg] = -delta[neg]
-        del neg
-    else:
-        order = torch.argsort(delta.abs().reshape(-1), descending=True)
+    order = _abs_order(delta, descending=True, inplace=inplace)
     keep = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
     keep[order[:k]] = True
     del order
@@ -76,7 +84,7 @@ def breadcrumbs(delta: torch.Tensor, density: float, gamma: float = 0.01, rescal
     if n_bot < 0:
         n_top += n_bot
         n_bot = 0
-    order = torch.sort(delta.abs().reshape(-1)).indices  # ascending, mergekit's tie order
+    order = _abs_order(delta, descending=False, inplace=inplace)  # ascending, mergekit's tie order
     keep = torch.zeros(numel, dtype=torch.bool, device=delta.device)
     keep[order[n_bot:numel - n_top]] = True
     del order
