@@ -26,7 +26,7 @@ def test_cli_distill_pipeline_on_smollm2(smollm2, shared_data, tmp_path, capsys)
                  "-o", str(tmp_path / "cache"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pairs"] == 4
     assert main(["distill", "train", str(student), *data, "--method", "dckd", "--teacher-cache", str(tmp_path / "cache"),
-                 "--max-steps", "2", "--batch-size", "2", "--lr", "1e-5", "--eval-pairs", "2", "--precision", "bf16",
+                 "--max-steps", "2", "--batch-size", "2", "--lr", "1e-5", "--eval-pairs", "2",
                  "-o", str(tmp_path / "dckd"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["steps"] == 2 and all(v == v for v in res["eval"].values()) and 0 <= res["eval"]["agree_teacher"] <= 1
