@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import click
 
-from compress.cli.options import device_option, emit_json, force_option, json_option, output_option, seed_option
+from compress.cli.options import (
+    device_option,
+    emit_json,
+    force_option,
+    json_option,
+    output_option,
+    seed_option,
+)
 
 
 def _data_opts(f):
