@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -58,8 +60,15 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _terminate(signum, frame):  # noqa: ARG001
+    # SIGTERM behaves like Ctrl-C: unwinding removes any half-written output folder.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         rv = cli.main(args=argv, prog_name="compress", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
