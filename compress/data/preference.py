@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from compress.data.text import parse_jsonl
 from compress.errors import CompressError
 
 HH_ASSISTANT = "\n\nAssistant:"
@@ -170,14 +171,7 @@ def _read_lines(p: Path) -> list[tuple[int, Any]]:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise CompressError(f"{p} is not UTF-8 text") from None
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append((lineno, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise CompressError(f"{p}: line {lineno} is not valid JSON ({e.msg})") from None
+    out = parse_jsonl(text, p)
     if not out:
         raise CompressError(f"{p} is empty: it needs one JSON object per line with prompt, chosen and rejected")
     return out

@@ -31,6 +31,11 @@ def _records(path: Path) -> list[tuple[int, Any]]:
         if not isinstance(data, list):
             raise CompressError(f"{path}: expected a JSON list of records")
         return [(i + 1, r) for i, r in enumerate(data)]
+    return parse_jsonl(text, path)
+
+
+def parse_jsonl(text: str, path: Path) -> list[tuple[int, Any]]:
+    """(line number, object) for every non-blank line; a malformed line is an error naming it."""
     out = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
