@@ -26,9 +26,9 @@ DENSE = MODELS / "smollm2-135m-instruct"
 PRUNED = MODELS / "smollm2-135m-instruct-pruned"
 WIKI = SHARED / "data" / "wikitext-2-raw" / "wiki.test.raw"
 ALPACA = SHARED / "data" / "alpaca_eval" / "model_outputs.json"
-BLOCKS = int(os.environ.get("DEMO_BLOCKS", "6"))
-CALIB_SAMPLES = int(os.environ.get("DEMO_SAMPLES", "8"))
-CALIB_SEQ = int(os.environ.get("DEMO_SEQ_LEN", "256"))
+BLOCKS = int(os.environ.get("DEMO_BLOCKS", "4"))
+CALIB_SAMPLES = int(os.environ.get("DEMO_SAMPLES", "4"))
+CALIB_SEQ = int(os.environ.get("DEMO_SEQ_LEN", "128"))
 COMPRESS = [sys.executable, "-m", "compress"]
 
 
