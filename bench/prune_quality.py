@@ -1,7 +1,7 @@
 """Quality of BlockPruner against the layer baselines, following the paper's protocol at small scale.
 
     python bench/prune_quality.py [--model /work/cache/smollm2] [--samples 24] [--seq-len 256]
-                                  [--ratios 0.1,0.2] [--methods blockpruner,blockpruner-ppp,shortgpt,sleb,layer]
+                                  [--ratios 0.1,0.2] [--methods shortgpt,blockpruner,sleb,layer,blockpruner-ppp] [--resume]
 
 Protocol (issue 3 §5; BlockPruner §4.1 at small scale):
 - calibration: Alpaca-style instruction/response text (the paper calibrates on Alpaca), here the
@@ -10,6 +10,7 @@ Protocol (issue 3 §5; BlockPruner §4.1 at small scale):
   about 6k tokens), the second half is held-out instruction text for evaluation;
 - one greedy run per method up to the largest ratio; every smaller ratio is the smallest prefix of
   that same nested sequence reaching it (as `compress prune --ratio` picks it);
+- the calibration perplexity of a pruned model is the search's own score of its last step;
 - evaluation of each pruned model (masked in memory, identical to the exported checkpoint, see
   tests/prune) on WikiText-2 test (perplexity, non-overlapping windows of --eval-seq-len, the first
   --eval-windows windows) and on the held-out instruction text;
@@ -64,15 +65,16 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=24)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--ratios", default="0.1,0.2")
-    ap.add_argument("--methods", default="blockpruner,blockpruner-ppp,shortgpt,sleb,layer")
+    ap.add_argument("--methods", default="shortgpt,blockpruner,sleb,layer,blockpruner-ppp")
     ap.add_argument("--search", default="fast", choices=["fast", "naive", "lazy"])
     ap.add_argument("--eval-seq-len", type=int, default=512)
-    ap.add_argument("--eval-windows", type=int, default=40)
+    ap.add_argument("--eval-windows", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="keep the methods already in --out")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "prune_quality.json"))
     args = ap.parse_args()
 
@@ -111,23 +113,40 @@ def main() -> None:
     print(f"calibration {calib.shape[0]} x {calib.shape[1]} = {tokens} scored tokens; held-out "
           f"{held.shape[0]} x {held.shape[1]}; wikitext-2 test {wiki.shape[0]} x {wiki.shape[1]}", flush=True)
 
-    def evaluate(removed) -> dict:
+    def evaluate(removed, calib_ppl: float | None = None) -> dict:
         layers = decoder_layers(model, fam)
         saved = [(layers[i], dict(layers[i].named_children())) for i, _ in removed]
         apply_removals(model, fam, removed)
         try:
             return {"wikitext2_ppl": eval_ppl(model, wiki, 4), "heldout_ppl": eval_ppl(model, held, 4),
-                    "calib_ppl": eval_ppl(model, calib, 4)}
+                    "calib_ppl": eval_ppl(model, calib, 4) if calib_ppl is None else calib_ppl}
         finally:
             for layer, children in saved:
                 for name, mod in children.items():
                     setattr(layer, name, mod)
 
-    rows = [{"method": "dense", "ratio": 0.0, "blocks": 0, "search_seconds": 0.0, **evaluate([])}]
+    out = Path(args.out)
+    old = json.loads(out.read_text()) if args.resume and out.exists() else None
+    if old is not None and old["calibration_tokens"] != tokens:
+        raise SystemExit(f"{out} was made with other settings; drop --resume")
+    rows = old["rows"] if old else [{"method": "dense", "ratio": 0.0, "blocks": 0, "search_seconds": 0.0,
+                                     **evaluate([])}]
     print(rows[0], flush=True)
+
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": vars(args), "calibration_tokens": tokens, "rows": rows},
+                                  indent=1, default=str))
+        tmp.replace(out)
+
+    save()
     runner = BlockRunner(model, fam)
     allpos = set(range(runner.n_positions))
     for method in args.methods.split(","):
+        if any(r["method"] == method for r in rows):
+            print(f"{method}: kept from {out}", flush=True)
+            continue
         t0 = time.perf_counter()
         criterion = "ppl-per-param" if method == "blockpruner-ppp" else "ppl"
         fixed = None
@@ -155,9 +174,10 @@ def main() -> None:
             removed = [b for s in chosen for b in s.blocks]
             row = {"method": method, "target_ratio": r, "ratio": chosen[-1].ratio, "blocks": len(removed),
                    "attn": sum(k == "attn" for _, k in removed), "mlp": sum(k == "mlp" for _, k in removed),
-                   "sequence": [s.unit for s in chosen], "search_seconds": seconds, **evaluate(removed)}
+                   "sequence": [s.unit for s in chosen], "search_seconds": seconds, **evaluate(removed, chosen[-1].ppl)}
             rows.append(row)
             print({k: v for k, v in row.items() if k != "sequence"}, flush=True)
+        save()
 
     print("\n| method | target | ratio % | blocks (attn+mlp) | WikiText-2 ppl | held-out instr. ppl | calib ppl | search s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -166,10 +186,7 @@ def main() -> None:
         blk = f"{r['blocks']} ({r.get('attn', 0)}+{r.get('mlp', 0)})"
         print(f"| {r['method']} | {tgt} | {100 * r['ratio']:.2f} | {blk} | {r['wikitext2_ppl']:.2f} | "
               f"{r['heldout_ppl']:.2f} | {r['calib_ppl']:.2f} | {r['search_seconds']:.0f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"settings": vars(args), "calibration_tokens": tokens, "rows": rows},
-                                         indent=1, default=str))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
