@@ -17,6 +17,7 @@ prepared (each process holds a replica in eval mode, no gradients).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -265,26 +266,6 @@ def _save_state(accelerator, folder: Path, step: int, state: dict[str, Any], kee
 
 # ---------------------------------------------------------------- the run
 
-def _loss_bar(total: int, initial: int):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from compress import progress
-
-    if progress._quiet:
-        return None
-    prog = Progress(TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=progress.console)
-    prog.add_task("distill", total=total, completed=initial, loss="")
-    return prog
-
-
 def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output: str | os.PathLike[str],
           cfg: DistillConfig, *, teacher: str | None = None, ref_teacher: str | None = None,
           teacher_cache: str | None = None, ref_model: str | None = None, checkpoint_dir: str | None = None,
@@ -401,9 +382,9 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
         fwd.train()
         return res
 
-    bar = _loss_bar(total, step) if accelerator.is_main_process else None
-    if bar:
-        bar.start()
+    bars = contextlib.ExitStack()
+    show = (bars.enter_context(progress.status_bar("distill", total, step)) if accelerator.is_main_process
+            else lambda completed, status="": None)
     metrics: dict[str, float] = {}
     loss_acc, n_acc = 0.0, 0
     try:
@@ -441,8 +422,7 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
                 if cfg.eval_every and step % cfg.eval_every == 0 and eval_ex:
                     rec.update({f"eval_{k}": v for k, v in run_eval().items()})
                 history.append(rec)
-                if bar:
-                    bar.update(bar.task_ids[0], completed=step, loss=f"loss {rec['loss']:.4f}")
+                show(step, f"loss {rec['loss']:.4f}")
                 if cfg.save_every and step % cfg.save_every == 0 and step < total:
                     last_ckpt = _save_state(accelerator, ckpt_dir, step, {
                         "step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
@@ -452,8 +432,7 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
             if step >= total:
                 break
     finally:
-        if bar:
-            bar.stop()
+        bars.close()
 
     final_eval = run_eval() if eval_ex else {}
     accelerator.wait_for_everyone()
