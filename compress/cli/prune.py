@@ -48,12 +48,15 @@ from compress.cli.options import (
 @click.option("--export", "export_mode", type=click.Choice(["physical", "zeroed"]), default="physical",
               show_default=True, help="physical: smaller checkpoint; zeroed: same architecture, no speed gain.")
 @click.option("--max-shard-size", default="5GB", show_default=True)
+@click.option("--offload", is_flag=True,
+              help="Stream the weights layer by layer from the checkpoint (at most one layer on the device), "
+                   "for models larger than the device; exact, needs --data.")
 @click.option("--resume", is_flag=True, help="Continue the search saved beside the output (OUT.prune-state.json).")
 @force_option
 @json_option
 def command(model, output, method, block_type, blocks, ratio, max_ppl, criterion, search, lazy_m, lazy_every, data,
             field, seq_len, samples, calib_tokens, batch_size, seed, device, dtype, export_mode, max_shard_size,
-            resume, force, as_json):
+            offload, resume, force, as_json):
     """Remove attention / MLP blocks (BlockPruner) or whole layers from MODEL; write a smaller checkpoint.
 
     Calibration perplexity guides the search (greedy: each step removes the block whose removal
@@ -65,6 +68,6 @@ def command(model, output, method, block_type, blocks, ratio, max_ppl, criterion
                    data=data, field=field, seq_len=seq_len, samples=samples, calib_tokens=calib_tokens, seed=seed,
                    search=search, lazy_m=lazy_m, lazy_every=lazy_every, criterion=criterion, batch_size=batch_size,
                    device=device, dtype=dtype, export=export_mode, force=force, resume=resume,
-                   max_shard_size=max_shard_size, show_table=True)
+                   max_shard_size=max_shard_size, show_table=True, offload=offload)
     if as_json:
         emit_json(report)

@@ -48,7 +48,8 @@ DEFAULT_SAMPLES = 32
 
 
 def validate(method: str, block_type: str, blocks: int | None, ratio: float | None, max_ppl: float | None,
-             search: str, criterion: str, lazy_m: int, lazy_every: int, export: str, batch_size: int) -> None:
+             search: str, criterion: str, lazy_m: int, lazy_every: int, export: str, batch_size: int,
+             offload: bool = False, data: object = None) -> None:
     if method not in METHODS:
         raise CompressError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if block_type not in BLOCK_TYPES:
@@ -77,6 +78,12 @@ def validate(method: str, block_type: str, blocks: int | None, ratio: float | No
         raise CompressError(f"--lazy-every must be 0 (never) or positive, got {lazy_every}")
     if batch_size < 1:
         raise CompressError(f"--batch-size must be at least 1, got {batch_size}")
+    if offload and search == "naive":
+        raise CompressError("--offload runs its own exact layer-by-layer search (the sequence of --search naive): "
+                            "drop --search naive")
+    if offload and data is None:
+        raise CompressError("--offload needs calibration text from --data (generating it would need the whole "
+                            "model in memory)")
 
 
 def compute_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
@@ -142,9 +149,16 @@ def prune(
     resume: bool = False,
     max_shard_size: int | str = "5GB",
     show_table: bool = True,
+    offload: bool = False,
 ) -> dict[str, Any]:
-    """Prune `model` into `output`; returns the report (also written as prune_report.json there)."""
-    validate(method, block_type, blocks, ratio, max_ppl, search, criterion, lazy_m, lazy_every, export, batch_size)
+    """Prune `model` into `output`; returns the report (also written as prune_report.json there).
+
+    `offload=True` streams the weights layer by layer from the checkpoint (at most one decoder
+    layer on the device; `compress.prune.offload`), for models larger than the device; it needs
+    `data`, and gives the sequence of the exact search.
+    """
+    validate(method, block_type, blocks, ratio, max_ppl, search, criterion, lazy_m, lazy_every, export, batch_size,
+             offload, data)
     check_output(output, [model], force)
     t0 = time.perf_counter()
     from compress.model.load import load_model, load_tokenizer
@@ -175,9 +189,16 @@ def prune(
     dev = parse_device(device)
     cdtype = compute_dtype(dtype, dev)
     torch.manual_seed(seed)
-    net = load_model(model, dev, cdtype, ckpt=ckpt)
+    if offload:
+        from compress.prune.offload import StreamedRunner, build_skeleton, stored_dtype
+
+        cdtype = cdtype or stored_dtype(ckpt)
+        net = build_skeleton(ckpt, cdtype, dev)
+        runner = StreamedRunner(net, family, ckpt, dev)
+    else:
+        net = load_model(model, dev, cdtype, ckpt=ckpt)
+        runner = BlockRunner(net, family)
     tok = load_tokenizer(model)
-    runner = BlockRunner(net, family)
     already = runner.removed_in_model()
     if already != set(range(runner.n_positions)) - present:
         raise CompressError(f"{model}: the loaded model's blocks do not match its checkpoint's tensors")
@@ -189,7 +210,8 @@ def prune(
              f"general behaviour (use at least {SMALL_CALIBRATION:,}: more --samples, longer --seq-len, or --data)")
 
     settings = {"method": method, "block_type": block_type, "criterion": criterion,
-                "search": "exact" if search in ("fast", "naive") else f"lazy m={lazy_m} every={lazy_every}",
+                "search": "exact" if search in ("fast", "naive") else
+                f"lazy m={lazy_m} every={lazy_every}" + (" offload" if offload else ""),
                 "batch_size": batch_size, "dtype": dtype_name(cdtype or next(net.parameters()).dtype),
                 "device": dev.type}
     fp = fingerprint(ckpt, windows, settings)
@@ -198,21 +220,28 @@ def prune(
     if not resume and spath.exists():
         warn(f"{spath} holds an earlier search state: starting again (pass --resume to continue it)")
 
+    stream_device = None
+    if offload:
+        from compress.prune.offload import OffloadEvaluator
+
+        stream_device = _stream_device(dev, len(units) + 1, tokens + windows.shape[0], ckpt.config, cdtype)
+        info(f"--offload: weights streamed layer by layer from {model}; candidate streams on {stream_device}")
+        ev = OffloadEvaluator(runner, windows, batch_size, removed=already, stream_device=stream_device)
+
     fixed_order = None
     if method == "shortgpt":
         info("shortgpt: block influence of every layer (one pass)")
-        bi = shortgpt_scores(net, family, windows, batch_size)
+        bi = ev.block_influence() if offload else shortgpt_scores(net, family, windows, batch_size)
         fixed_order = rank_by_score(units, bi)
     else:
         bi = None
 
     if search == "naive":
         ev = NaiveEvaluator(runner, windows, batch_size)
-    else:
+        ev.removed |= already
+    elif not offload:
         with progress_bar("caching block-boundary states", windows.shape[0]) as advance:
             ev = FastEvaluator(runner, windows, batch_size, removed=already, progress=advance)
-    if search == "naive":
-        ev.removed |= already
 
     def on_step(g: GreedySearch) -> None:
         save_state(spath, fp, g.state())
@@ -239,6 +268,10 @@ def prune(
                           search=search, lazy=(lazy_m, lazy_every), source=source, windows=windows, seed=seed,
                           params_total=params.total, layers=runner.n_layers, already=sorted(block_at(p) for p in already),
                           export=export, dtype=settings["dtype"], device=str(dev), bi=bi)
+    if offload:
+        st = runner.streamer
+        report["offload"] = {"streams": str(stream_device), "passes": ev.passes,
+                             "peak_weight_bytes": st.peak_bytes, "bytes_read": st.bytes_read}
     del net, runner, ev
     from compress.prune.export import export_pruned
 
@@ -258,6 +291,17 @@ def prune(
         info(f"wrote {out} ({len(removed)} blocks removed, {100 * chosen[-1].ratio:.2f}% of parameters, "
              f"calibration ppl {result.dense_ppl:.3f} -> {chosen[-1].ppl:.3f})")
     return report
+
+
+def _stream_device(dev: torch.device, streams: int, tokens: int, config: dict, dtype: torch.dtype) -> torch.device:
+    """Where --offload keeps the candidates' residual streams: the GPU when they take at most half
+    of its free memory, else the host."""
+    if dev.type != "cuda":
+        return dev
+    hidden = int(config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size") or 0)
+    need = streams * tokens * hidden * torch.empty((), dtype=dtype).element_size()
+    free, _ = torch.cuda.mem_get_info(dev)
+    return dev if need <= free // 2 else torch.device("cpu")
 
 
 def build_report(model, result: SearchResult, chosen: list[StepRecord], *, method: str, block_type: str,

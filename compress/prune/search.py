@@ -14,6 +14,8 @@ Searches (`--search`):
   are scored best-first in the order of the previous step's scores, and a candidate is abandoned
   as soon as its running loss sum (windows in a fixed order) is strictly above the best complete
   candidate of the step (spec §6.3). Both are exact: the chosen sequence equals naive's.
+- `--offload` (exact, `offload.py`): the weights are streamed layer by layer from the checkpoint
+  and a step scores all candidates in one layer-major pass (no early abandoning); same sequence.
 - `lazy` (approximate): only the M best candidates of the previous scores are re-scored, with a
   full re-score every R steps (both with the fast search's caching and early abandoning; an
   abandoned candidate keeps its partial score, a lower bound, as its stale score); steps where an unscored candidate's stale score beat the choice are
@@ -26,6 +28,7 @@ loss, so early abandoning stays exact for both.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -413,15 +416,21 @@ class GreedySearch:
         best_key = math.inf
         best_loss = math.nan
         evaluated = abandoned = 0
-        with progress_bar(f"step {k}: {len(todo)} candidates", len(todo)) as advance:
+        # A layer-major evaluator (offload.py) scores every candidate of the step in one pass over
+        # the layers: all scores are complete, nothing is abandoned, the choice is the same argmin.
+        pre = (self.ev.score_all(todo, f"step {k}: {len(todo)} candidates, layer by layer")
+               if getattr(self.ev, "layer_major", False) else None)
+        bar = (progress_bar(f"step {k}: {len(todo)} candidates", len(todo)) if pre is None
+               else contextlib.nullcontext(lambda n=1: None))
+        with bar as advance:
             for u in todo:
                 bound = None
-                if abandon and best is not None:
+                if abandon and best is not None and pre is None:
                     bk = best_key
 
                     def bound(partial: float, u=u, bk=bk) -> bool:
                         return key(u, partial) > bk
-                loss, complete = self.ev.score(u, bound)
+                loss, complete = (pre[u.name], True) if pre is not None else self.ev.score(u, bound)
                 advance(1)
                 scores[u.name] = {"ppl": loss_to_ppl(loss, tokens), "complete": complete}
                 if not complete:
