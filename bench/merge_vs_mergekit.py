@@ -1,6 +1,7 @@
 """Benchmark: `compress merge` against mergekit (from PyPI) on SmolLM2-135M-Instruct variants.
 
-    python bench/merge_vs_mergekit.py [--model /work/cache/smollm2] [--methods ties,linear] [--repeat 1]
+    python bench/merge_vs_mergekit.py [--model /work/cache/smollm2] [--methods ties,linear]
+        [--only mergekit|compress|both] [--reuse-mergekit]
 
 1. Creates its own virtual environment with mergekit from PyPI (default /tmp/compress-bench-mergekit;
    torch==2.13.0 is installed first so pip reuses the CPU wheel instead of pulling CUDA).
@@ -14,12 +15,18 @@
    (DARE) draw different masks by design; for them the relative L2 distance of the merged deltas is
    reported instead.
 
+mergekit's output folder and its measurement are kept under WORK/mergekit_cache/<method>/ (keyed by the
+recipe text and the mergekit version): `--only mergekit` fills that cache, `--reuse-mergekit` compares
+against it instead of running mergekit again (mergekit takes most of the benchmark's time; the JSON
+records when each side was measured).
+
 Prints a table and writes bench/results/merge_vs_mergekit.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -124,6 +131,22 @@ def timed(cmd: list[str], env: dict | None = None) -> dict:
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1), "rc": p.returncode}
 
 
+def run_mergekit(exe: Path, name: str, path: Path, env: dict, reuse: bool) -> tuple[dict, Path]:
+    """mergekit's run of one recipe, from the cache when `reuse` and the recipe/version match."""
+    cache = WORK / "mergekit_cache" / name
+    key = hashlib.sha256((path.read_text() + mergekit_version()).encode()).hexdigest()
+    meta_file = cache / "measurement.json"
+    if reuse and meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("key") == key and (cache / "out").is_dir():
+            return {**meta["result"], "cached_from": meta["date"]}, cache / "out"
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    res = timed([str(exe), str(path), str(cache / "out"), "--random-seed", "0"], env)
+    meta_file.write_text(json.dumps({"key": key, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "result": res}) + "\n")
+    return {**res, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}, cache / "out"
+
+
 def compare(a: Path, b: Path, base: Path, random: bool) -> dict:
     def tensors(folder: Path) -> dict[str, torch.Tensor]:
         out = {}
@@ -176,6 +199,9 @@ def main() -> int:
     ap.add_argument("--model", default=os.environ.get("COMPRESS_SMOLLM2", "/work/cache/smollm2"))
     ap.add_argument("--methods", default=",".join(recipes("b", ["x", "y", "z"], 1)))
     ap.add_argument("--out", default=str(RESULTS / "merge_vs_mergekit.json"))
+    ap.add_argument("--only", choices=("both", "mergekit", "compress"), default="both",
+                    help="mergekit: only fill mergekit's cache; compress: needs the cache (implies --reuse-mergekit)")
+    ap.add_argument("--reuse-mergekit", action="store_true", help="use cached mergekit runs of the same recipe")
     args = ap.parse_args()
     import yaml
 
@@ -194,10 +220,13 @@ def main() -> int:
         rec = all_recipes[name]
         path = WORK / f"{name}.yml"
         path.write_text(yaml.safe_dump(rec, sort_keys=False))
-        out_mk, out_us = WORK / f"out_mergekit_{name}", WORK / f"out_compress_{name}"
-        for o in (out_mk, out_us):
-            shutil.rmtree(o, ignore_errors=True)
-        mk = timed([str(exe), str(path), str(out_mk), "--random-seed", "0"], env)
+        out_us = WORK / f"out_compress_{name}"
+        shutil.rmtree(out_us, ignore_errors=True)
+        mk, out_mk = run_mergekit(exe, name, path, env, args.reuse_mergekit or args.only == "compress")
+        if args.only == "mergekit":
+            print(f"{name:16s} mergekit {mk['wall_s']:6.1f}s {mk['peak_rss_mb']:7.0f}MB "
+                  f"({'cached ' + mk['cached_from'] if 'cached_from' in mk else 'measured'})", file=sys.stderr, flush=True)
+            continue
         us = timed([sys.executable, "-m", "compress", "merge", str(path), "-o", str(out_us), "--seed", "0", "--force"], env)
         cmp = compare(out_us, out_mk, base, name in RANDOM) if mk["rc"] == 0 and us["rc"] == 0 else {}
         row = {"method": name, "mergekit": mk, "compress": us,
@@ -211,9 +240,10 @@ def main() -> int:
         print(f"{name:16s} mergekit {mk['wall_s']:6.1f}s {mk['peak_rss_mb']:7.0f}MB | compress {us['wall_s']:6.1f}s "
               f"{us['peak_rss_mb']:7.0f}MB | time x{row['time_ratio']} rss x{row['rss_ratio']} | diff {agree}",
               file=sys.stderr, flush=True)
-        for o in (out_mk, out_us):
-            shutil.rmtree(o, ignore_errors=True)
+        shutil.rmtree(out_us, ignore_errors=True)
 
+    if args.only == "mergekit":
+        return 0
     print("\n| method | mergekit s | compress s | time ratio | mergekit MB | compress MB | RSS ratio | max abs diff | max bf16 ulps |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -1,7 +1,7 @@
 """mergekit-compatible YAML recipes: pydantic models, loading with line numbers, parameter resolution.
 
 The schema follows mergekit's `MergeConfiguration` (`models` | `slices`, `base_model`,
-`merge_method`, `parameters`, `dtype`, `out_dtype`, `tokenizer_source`, `chat_template`), so an
+`merge_method`, `parameters`, `dtype`, `out_dtype`, `tokenizer_source` or `tokenizer`, `chat_template`), so an
 existing mergekit recipe runs unchanged. Parameter values are scalars, gradients (numeric lists
 interpolated at t = layer/(n_layers−1) over a slice; non-numeric lists step) or filter lists
 (`[{filter: self_attn, value: ...}, {value: default}]`, first substring match wins).
@@ -63,6 +63,14 @@ class OutputSlice(_Strict):
         return self
 
 
+class TokenizerConfig(_Strict):
+    """mergekit's `tokenizer:` object (`tokens` overrides are not supported and rejected at plan time)."""
+
+    source: str = "union"
+    tokens: dict[str, Any] | None = None
+    pad_to_multiple_of: int | None = None
+
+
 class Recipe(_Strict):
     merge_method: str
     models: list[InputModel] | None = None
@@ -72,12 +80,18 @@ class Recipe(_Strict):
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | None = None
+    tokenizer: TokenizerConfig | None = None
     chat_template: str | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> Recipe:
         if (self.models is None) == (self.slices is None):
             raise ValueError("exactly one of 'models' or 'slices' must be given")
+        if self.tokenizer is not None and self.tokenizer_source is not None:
+            raise ValueError("give either tokenizer_source or tokenizer (an object), not both")
+        if self.tokenizer is not None and self.tokenizer.pad_to_multiple_of is not None \
+                and self.tokenizer.pad_to_multiple_of < 1:
+            raise ValueError("tokenizer.pad_to_multiple_of must be >= 1")
         if self.models is not None and not self.models:
             raise ValueError("'models' is empty")
         return self

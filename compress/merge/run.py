@@ -34,6 +34,19 @@ from compress.errors import CompressError
 from compress.merge.methods import Job, Method, get_method
 from compress.merge.methods.varm import squared_change, varm_weights
 from compress.merge.recipe import Recipe, evaluate_setting, setting_leaves
+from compress.merge.vocab import (
+    TOKENIZER_FILES,
+    VocabMap,
+    align,
+    default_rows,
+    file_vocab,
+    first_difference,
+    load_tokenizer,
+    save_tokenizer,
+    union_tokenizer,
+    usable_vocab,
+    vocab_map,
+)
 from compress.model.device import DTYPES, dtype_name, parse_device
 from compress.progress import info, progress_bar, warn
 
@@ -120,7 +133,7 @@ class TensorTask:
     params: dict[str, Any]
     model_params: list[dict[str, Any]]
     t: float
-    rows: int | None = None  # keep only the first `rows` rows (vocabulary cut to the base's)
+    vocab: VocabMap | None = None  # rows re-laid out in the output vocabulary (tokenizer_source)
     layer: int | None = None
 
 
@@ -135,6 +148,8 @@ class MergePlan:
     recipe_text: str
     base: int | None
     warnings: list[str] = field(default_factory=list)
+    keep: list[Any] = field(default_factory=list)  # temporary folders alive until the merge is written
+    tokenizer_info: dict[str, Any] | None = None
 
 
 def _field_line(lines: dict[tuple, int], path: tuple) -> str:
@@ -235,7 +250,7 @@ def _parse_dtype(name: str | None, field_: str, lines: dict[tuple, int]) -> torc
 
 
 def build_plan(recipe: Recipe, lines: dict[tuple, int] | None = None, recipe_text: str = "",
-               recipe_dir: Path | None = None, dtype: str | None = None, allow_vocab_cut: bool = False) -> MergePlan:
+               recipe_dir: Path | None = None, dtype: str | None = None) -> MergePlan:
     """Check everything that can be checked from headers and resolve every tensor's parameters."""
     lines = lines or {}
     method = get_method(recipe.merge_method)
@@ -281,7 +296,7 @@ def build_plan(recipe: Recipe, lines: dict[tuple, int] | None = None, recipe_tex
     readers = [TensorReader(p) for p in paths]
     try:
         return _plan_tensors(recipe, method, paths, readers, raw_slices, base, out_dtype, lines, recipe_text,
-                             allow_vocab_cut)
+                             recipe_dir)
     finally:
         for r in readers:
             r.close()
@@ -289,7 +304,7 @@ def build_plan(recipe: Recipe, lines: dict[tuple, int] | None = None, recipe_tex
 
 def _plan_tensors(recipe: Recipe, method: Method, paths: list[Path], readers: list[TensorReader],
                   raw_slices: list[dict[str, Any]], base: int | None, out_dtype: torch.dtype | None,
-                  lines: dict[tuple, int], recipe_text: str, allow_vocab_cut: bool) -> MergePlan:
+                  lines: dict[tuple, int], recipe_text: str, recipe_dir: Path | None) -> MergePlan:
     ref = base if base is not None else raw_slices[0]["sources"][0][0]
     ref_reader = readers[ref]
     # Architecture and tied-embedding compatibility, from config.json alone.
@@ -306,29 +321,20 @@ def _plan_tensors(recipe: Recipe, method: Method, paths: list[Path], readers: li
                                 f"tied and untied embeddings cannot be merged")
 
     split = _family_split(ref_reader.config, ref_reader.names())
-    tok_src = recipe.tokenizer_source
-    if tok_src == "union":
-        raise CompressError("tokenizer_source: union is not supported yet: use tokenizer_source: base "
-                            "(the base's vocabulary; rows beyond it are dropped)")
-    cut_to_base = allow_vocab_cut or tok_src == "base"
-    side_reader = ref_reader
-    if tok_src not in (None, "base", "union"):
-        p = _resolve_model(tok_src, None, f"tokenizer_source{_field_line(lines, ('tokenizer_source',))}")
-        if p not in paths:
-            raise CompressError(f"tokenizer_source{_field_line(lines, ('tokenizer_source',))}: {tok_src} must be one of the merged models")
-        side_reader = readers[paths.index(p)]
-        if side_reader is ref_reader:
-            cut_to_base = True
+    ref_names = ref_reader.names()
+    nonlayer = [n for n in ref_names if split(n) is None]
+    pre = [n for n in nonlayer if _is_vocab_tensor(n) and not n.startswith("lm_head")]
+    post = [n for n in nonlayer if n not in pre]
+    tok = _plan_vocab(recipe, paths, readers, ref, pre, lines, recipe_dir) if (recipe.tokenizer_source or recipe.tokenizer) \
+        else None
+    side_files = ref_reader.ckpt.side_files() if tok is None else tok.side_files
+    if tok is None:
+        _check_same_vocab(paths, readers, ref, pre)
 
     tasks: list[TensorTask] = []
     layer_offset = 0
     layer_types: list[Any] = []
     total_layers = 0
-    ref_names = ref_reader.names()
-    nonlayer = [n for n in ref_names if split(n) is None]
-    pre = [n for n in nonlayer if _is_vocab_tensor(n) and not n.startswith("lm_head")]
-    post = [n for n in nonlayer if n not in pre]
-
     def add(out: str, sl: dict[str, Any], in_names: list[str], t: float, layer: int | None) -> None:
         srcs = sl["sources"]
         b = sl["base"]
@@ -339,25 +345,27 @@ def _plan_tensors(recipe: Recipe, method: Method, paths: list[Path], readers: li
                 raise CompressError(f"tensor {name!r} is missing from {paths[m]} (present in {paths[ref].name}): "
                                     f"the models have different architectures")
             shapes.append(r.shape(name))
-        rows = None
+        vm = None
         lead = next((k for k, src in enumerate(srcs) if src[0] == b), 0)
         ref_shape = shapes[lead]
         ref_name = paths[srcs[lead][0]].name
+        vocab = _is_vocab_tensor(in_names[lead]) and len(ref_shape) >= 1
+        if vocab and tok is not None:
+            for (m, _, _, _), name, shp in zip(srcs, in_names, shapes, strict=True):
+                if len(shp) != len(ref_shape) or shp[1:] != ref_shape[1:]:
+                    raise CompressError(f"shape mismatch at tensor {name!r}: {tuple(shp)} in {paths[m].name} but "
+                                        f"{tuple(ref_shape)} in {ref_name}; the models have different architectures")
+            vm = tok.map_for(sorted({m for m, _, _, _ in srcs}), b)
+            ref_shape = (vm.size, *ref_shape[1:])
+            if vm.identity and all(shp[0] == vm.size for shp in shapes):
+                vm = None  # every model already has the output layout: merge the rows directly
         for (m, _, _, _), name, shp in zip(srcs, in_names, shapes, strict=True):
-            if shp == ref_shape:
+            if vm is not None or shp == ref_shape:
                 continue
-            vocab = _is_vocab_tensor(name) and len(shp) == len(ref_shape) and shp[1:] == ref_shape[1:]
-            if vocab and cut_to_base and shp[0] >= ref_shape[0]:
-                rows = ref_shape[0]
-                continue
-            if vocab:
-                if shp[0] < ref_shape[0]:
-                    raise CompressError(f"vocabulary sizes differ: {name} has {shp[0]} rows in {paths[m].name} but "
-                                        f"{ref_shape[0]} in {ref_name}, which is larger; merging needs the "
-                                        f"base's vocabulary to be the smallest (tokenizer_source: base)")
+            if vocab and len(shp) == len(ref_shape) and shp[1:] == ref_shape[1:]:
                 raise CompressError(f"vocabulary sizes differ: {name} has {shp[0]} rows in {paths[m].name} but "
-                                    f"{ref_shape[0]} in {ref_name}: set tokenizer_source: base to keep the "
-                                    f"base's vocabulary (rows beyond it are dropped)")
+                                    f"{ref_shape[0]} in {ref_name}: set tokenizer_source: union (all tokens), base "
+                                    f"(the base's vocabulary) or a model's path")
             raise CompressError(f"shape mismatch at tensor {name!r}: {tuple(shp)} in {paths[m].name} but "
                                 f"{tuple(ref_shape)} in {ref_name}; the models have different architectures")
         base_src: Source | None = None
@@ -386,8 +394,7 @@ def _plan_tensors(recipe: Recipe, method: Method, paths: list[Path], readers: li
             _check_pair(method, mp, s.name, paths[s.model].name)
             model_params.append(mp)
         dt = out_dtype or readers[srcs[lead][0]].dtype(in_names[lead])
-        shape = (rows, *ref_shape[1:]) if rows is not None else tuple(ref_shape)
-        tasks.append(TensorTask(out, shape, dt, base_src, others, params, model_params, t, rows, layer))
+        tasks.append(TensorTask(out, tuple(ref_shape), dt, base_src, others, params, model_params, t, vm, layer))
 
     first, last = raw_slices[0], raw_slices[-1]
     for name in pre:
@@ -438,7 +445,112 @@ def _plan_tensors(recipe: Recipe, method: Method, paths: list[Path], readers: li
         config["vocab_size"] = vocab_rows
     if out_dtype is not None:
         config["torch_dtype" if "dtype" not in config else "dtype"] = dtype_name(out_dtype)
-    return MergePlan(method, paths, tasks, config, side_reader.ckpt.side_files(), recipe, recipe_text, base)
+    return MergePlan(method, paths, tasks, config, side_files, recipe, recipe_text, base,
+                     keep=[tok.keep] if tok is not None and tok.keep is not None else [],
+                     tokenizer_info=tok.info if tok is not None else None)
+
+
+@dataclass
+class _TokenizerPlan:
+    """The output tokenizer and, per set of merged models, how their vocabulary rows are laid out."""
+
+    vocab_out: dict[str, int]
+    size: int
+    vocabs: dict[int, dict[str, int]]
+    side_files: list[Path]
+    keep: Any
+    info: dict[str, Any]
+    _maps: dict[tuple, VocabMap] = field(default_factory=dict)
+
+    def map_for(self, models: list[int], base: int | None) -> VocabMap:
+        key = (tuple(models), base)
+        if key not in self._maps:
+            self._maps[key] = vocab_map(self.vocab_out, self.size, {m: self.vocabs[m] for m in models},
+                                        base if base in models else None)
+        return self._maps[key]
+
+
+def _with_padding_rows(vocab: dict[str, int], rows: int) -> dict[str, int]:
+    """Rows no token uses (padding beyond the tokenizer) as pseudo-tokens, so they keep their place."""
+    used = set(vocab.values())
+    return {**vocab, **{f"\0row{i}": i for i in range(rows) if i not in used}}
+
+
+def _check_same_vocab(paths: list[Path], readers: list[TensorReader], ref: int, pre: list[str]) -> None:
+    """Without tokenizer_source the rows merge by id: the tokenizers must agree on every id (mergekit#47)."""
+    embed = next((n for n in pre if "embed" in n or ".wte." in n), None)
+    ref_file = paths[ref] / "tokenizer.json"
+    ref_vocab = None
+    for m, p in enumerate(paths):
+        f = p / "tokenizer.json"
+        if m == ref or not f.is_file() or not ref_file.is_file() or f.read_bytes() == ref_file.read_bytes():
+            continue
+        ref_vocab = ref_vocab if ref_vocab is not None else file_vocab(paths[ref])
+        other = file_vocab(p)
+        if ref_vocab is None or other is None:
+            continue
+        rows = min(readers[ref].shape(embed)[0], readers[m].shape(embed)[0]) if embed and embed in readers[m].names() \
+            else max(len(ref_vocab), len(other))
+        diff = first_difference(ref_vocab, other, rows)
+        if diff is not None:
+            raise CompressError(f"the tokenizers of {paths[ref].name} and {p.name} differ ({diff}), so their embedding "
+                                f"rows mean different tokens: set tokenizer_source: union, base or a model's path")
+
+
+def _plan_vocab(recipe: Recipe, paths: list[Path], readers: list[TensorReader], ref: int, pre: list[str],
+                lines: dict[tuple, int], recipe_dir: Path | None) -> _TokenizerPlan:
+    """Build the output tokenizer (`tokenizer_source`: union, base or a model) and every model's vocabulary."""
+    cfg = recipe.tokenizer
+    source = recipe.tokenizer_source if cfg is None else cfg.source
+    field_ = ("tokenizer_source",) if cfg is None else ("tokenizer", "source")
+    where = f"{_dotted(field_)}{_field_line(lines, field_)}"
+    if cfg is not None and cfg.tokens:
+        raise CompressError(f"tokenizer.tokens{_field_line(lines, ('tokenizer', 'tokens'))}: per-token embedding "
+                            f"overrides are not supported; remove them (missing tokens get mergekit's default rows)")
+    pad = cfg.pad_to_multiple_of if cfg is not None else None
+    embed = next((n for n in pre if "embed" in n or ".wte." in n), None)
+    if embed is None:
+        raise CompressError(f"{where}: no token embedding tensor found, so the vocabularies cannot be aligned")
+    rows = {}
+    for m, r in enumerate(readers):
+        if embed not in r.names():
+            raise CompressError(f"tensor {embed!r} is missing from {paths[m]}: the models have different architectures")
+        rows[m] = r.shape(embed)[0]
+    toks = {m: load_tokenizer(p) for m, p in enumerate(paths)}
+    vocabs = {m: _with_padding_rows(usable_vocab(toks[m], rows[m]), rows[m]) for m in toks}
+    if source == "union":
+        out_tok = union_tokenizer(toks[ref], [(toks[m], rows[m]) for m in toks if m != ref], rows[ref])
+        keep, files = save_tokenizer(out_tok)
+        own_rows = rows[ref]
+        side = [f for f in readers[ref].ckpt.side_files() if f.name not in TOKENIZER_FILES] + files
+    else:
+        if source == "base":
+            src = ref
+        else:
+            p = _resolve_model(source, recipe_dir, where)
+            src = paths.index(p) if p in paths else None
+            if src is None:
+                src_tok = load_tokenizer(p)
+        keep = None
+        if src is not None:
+            out_tok, own_rows = toks[src], rows[src]
+            side = readers[src].ckpt.side_files()
+        else:
+            out_tok, own_rows = src_tok, 0
+            folder = _resolve_model(source, recipe_dir, where)
+            side = [f for f in readers[ref].ckpt.side_files() if f.name not in TOKENIZER_FILES] + \
+                [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+    vocab_out = _with_padding_rows(out_tok.get_vocab(), own_rows)
+    size = max(vocab_out.values(), default=-1) + 1
+    n_real = size
+    if pad and size % pad:
+        size += pad - size % pad
+    added = len(vocab_out) - len(vocabs[ref])
+    info = {"source": source, "rows": size, "tokens": n_real, "pad_to_multiple_of": pad,
+            "rows_per_model": {str(paths[m]): rows[m] for m in rows}}
+    if source == "union":
+        info["tokens_added_to_base"] = added
+    return _TokenizerPlan(vocab_out, size, vocabs, side, keep, info)
 
 
 def _resolve(method: Method, key: str, spec: Any, scopes: list[Any], tensor: str, t: float, where: str = "parameters") -> Any:
@@ -492,19 +604,36 @@ class _Loader:
         self.readers = [TensorReader(p) for p in plan.models]
         self.paths = plan.models
         self.device = device
+        self._defaults: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
 
-    def load(self, src: Source, rows: int | None) -> torch.Tensor:
-        reader = self.readers[src.model]
-        t = reader.read(src.name)
-        if rows is not None:
-            t = t[:rows]
-        own = reader.ckpt.format == "safetensors" and rows is None  # pread buffers are ours to overwrite
-        t = t.to(device=self.device, dtype=torch.float32, copy=not own)
+    def _check(self, t: torch.Tensor, src: Source) -> None:
         # One reduction instead of an elementwise isfinite pass: a NaN/Inf anywhere makes the sum
         # non-finite (an overflowing sum of finite values is re-checked exactly).
         if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
             raise CompressError(f"tensor {src.name!r} in {self.paths[src.model]} contains NaN or Inf: "
                                 f"fix or re-export that model before merging")
+
+    def defaults(self, task: TensorTask) -> torch.Tensor:
+        """The default rows of a vocabulary tensor (tokens some model lacks), computed once per tensor."""
+        assert task.vocab is not None
+        with self._lock:
+            got = self._defaults.get(task.out)
+            if got is None:
+                names = {s.model: s.name for s in ([task.base] if task.base else []) + task.others}
+                got = default_rows(task.vocab, lambda m: self.readers[m].read(names[m]))
+                self._defaults[task.out] = got
+            return got
+
+    def load(self, src: Source, task: TensorTask) -> torch.Tensor:
+        reader = self.readers[src.model]
+        t = reader.read(src.name)
+        if task.vocab is not None:
+            self._check(t, src)
+            return align(t, src.model, task.vocab, self.defaults(task)).to(self.device)
+        own = reader.ckpt.format == "safetensors"  # pread buffers are ours to overwrite
+        t = t.to(device=self.device, dtype=torch.float32, copy=not own)
+        self._check(t, src)
         return t
 
     def close(self) -> None:
@@ -516,8 +645,8 @@ def varm_statistics(plan: MergePlan, loader: _Loader, threads: int) -> dict[str,
     """Pass 1 of VaRM: Σ Δθ² and numel per target per tensor, aggregated per granularity -> weights."""
     def stat(task: TensorTask) -> tuple[str, list[tuple[float, int]]]:
         assert task.base is not None
-        b = loader.load(task.base, task.rows)
-        return task.out, [squared_change(b, loader.load(s, task.rows)) for s in task.others]
+        b = loader.load(task.base, task)
+        return task.out, [squared_change(b, loader.load(s, task)) for s in task.others]
 
     sums: dict[str, list[tuple[float, int]]] = {}
     with progress_bar("varm statistics", len(plan.tasks)) as advance:
@@ -542,12 +671,12 @@ def varm_statistics(plan: MergePlan, loader: _Loader, threads: int) -> dict[str,
 
 def merge_one(plan: MergePlan, task: TensorTask, loader: _Loader, seed: int,
               weights: torch.Tensor | None = None) -> torch.Tensor:
-    base = loader.load(task.base, task.rows) if task.base is not None else None
+    base = loader.load(task.base, task) if task.base is not None else None
     lazy = plan.method.lazy
-    tensors = [] if lazy else [loader.load(s, task.rows) for s in task.others]
+    tensors = [] if lazy else [loader.load(s, task) for s in task.others]
     job = Job(task.out, base, tensors, task.model_params, task.params, seed, [s.model for s in task.others],
               weights.to(torch.float32) if weights is not None else None,
-              (lambda i: loader.load(task.others[i], task.rows)) if lazy else None)
+              (lambda i: loader.load(task.others[i], task)) if lazy else None)
     out = plan.method.merge(job)
     return out.to(task.dtype)
 
@@ -582,7 +711,9 @@ def execute(plan: MergePlan, output: str | os.PathLike[str], *, device: str = "c
                       for t in plan.tasks}
         files = {"mergekit_config.yml": plan.recipe_text or _yaml(resolved), **_chat_template(plan.recipe),
                  "compress_merge.json": json.dumps({"method": plan.method.name, "method_version": METHOD_VERSION,
-                                                    "seed": seed, "resolved": resolved, "tensors": per_tensor},
+                                                    "seed": seed, "resolved": resolved,
+                                                    **({"tokenizer": plan.tokenizer_info} if plan.tokenizer_info else {}),
+                                                    "tensors": per_tensor},
                                                    indent=1, default=str) + "\n"}
         save_checkpoint(output, specs, produce, config=plan.config, inputs=[str(p) for p in plan.models],
                         side_files=plan.side_files, force=force, max_shard_size=max_shard_size, command=command,

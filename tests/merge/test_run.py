@@ -245,7 +245,7 @@ def test_vocab_sizes(merge_models, tmp_path, capsys):
     big = make_variant(m["base"], tmp_path / "big", seed=9, edit=_bigger_vocab)
     out = tmp_path / "out"
     code, _, err = run_cli(["merge", "--method", "linear", str(m["a"]), str(big), "-o", str(out)], capsys)
-    assert code == 1 and "vocabulary sizes differ" in err and "tokenizer_source: base" in err
+    assert code == 1 and "vocabulary sizes differ" in err and "tokenizer_source: union" in err
     assert nothing_written(out)
     recipe = write(tmp_path, f"""
 merge_method: task_arithmetic
