@@ -1,7 +1,8 @@
 """Removing blocks from a model in memory: the block's sub-modules are replaced, nothing else changes.
 
 A removed block is the identity on the residual stream (BlockPruner's minimal residual block).
-The attention module is replaced by one that returns zeros (and writes no KV-cache entry), the MLP
+The attention module is replaced by one that returns zeros (it writes no KV-cache entry and turns its
+cache slot into a `DummyLayer`, so masked models generate with a cache correctly), the MLP
 by one that returns zeros, and the block's norms by `nn.Identity` (their output only feeds the
 removed module, or - Gemma2/3's post-norms - normalises the zero output, and RMSNorm(0) = 0).
 The replaced modules hold no parameters, so `state_dict()` of a masked model is exactly the set of
@@ -19,10 +20,35 @@ from compress.arch.families import ATTN, Family
 
 
 class RemovedAttention(nn.Module):
-    """Stands in for a removed attention module: contributes nothing, caches nothing."""
+    """Stands in for a removed attention module: contributes nothing, caches nothing.
+
+    Its KV-cache slot becomes a transformers `DummyLayer` the first time a cache passes by (spec
+    §8.3: transformers reads the past length from cache layer 0 and sizes masks from the first
+    full-attention slot; an empty slot of a removed attention would restart positions at every
+    decoding step). So an in-memory masked model generates with a cache exactly as without one.
+    """
+
+    def __init__(self, layer_idx: int | None = None):
+        super().__init__()
+        self.layer_idx = layer_idx
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None and self.layer_idx is not None:
+            _dummy_slot(cache, self.layer_idx)
         return torch.zeros_like(hidden_states), None
+
+
+def _dummy_slot(cache, layer_idx: int) -> None:
+    from transformers.cache_utils import DummyLayer
+
+    slots = getattr(cache, "layers", None)
+    if slots is None or layer_idx >= len(slots) or isinstance(slots[layer_idx], DummyLayer):
+        return
+    # With no attention left at all, one real (empty) slot stays: transformers needs one to ask for a
+    # length, and positions do not matter without attention.
+    if any(not isinstance(s, DummyLayer) for i, s in enumerate(slots) if i != layer_idx):
+        slots[layer_idx] = DummyLayer()
 
 
 class RemovedMLP(nn.Module):
@@ -45,7 +71,7 @@ def remove_block(layer: nn.Module, family: Family, kind: str) -> dict[str, nn.Mo
     for name in family.block_modules(kind):
         saved[name] = getattr(layer, name)
         if name == family.attn_module:
-            repl: nn.Module = RemovedAttention()
+            repl: nn.Module = RemovedAttention(getattr(saved[name], "layer_idx", None))
         elif name == family.mlp_module:
             repl = RemovedMLP()
         else:

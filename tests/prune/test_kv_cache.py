@@ -124,8 +124,28 @@ def test_cache_slots_stay_indexed_by_layer(sources, tmp_path):
     assert cache.get_seq_length() == 40
 
 
+@pytest.mark.parametrize(("family", "case"), [("llama", c) for c in ("attn0", "mixed", "no_attn_left")] + [
+    ("gemma3", c) for c in ("attn0", "only_global_left")])
+def test_in_memory_masked_model_generates_with_cache(sources, family, case):
+    """compress.prune.mask alone (no export, no loader hook): RemovedAttention turns its own cache slot
+    into a DummyLayer, so the masked model decodes with a cache as by full re-forward."""
+    model = masked(sources[family], CASES[case])
+    row0, row1 = expected(sources[family], CASES[case])
+    gen = batched_generate(model, NEW)
+    assert torch.equal(gen[0], row0) and torch.equal(gen[1], row1)
+    assert torch.equal(cached_loop(model, PROMPT[1:], NEW)[0], row1)
+
+
+class _ZeroAttention(torch.nn.Module):
+    """A removed attention without the cache fix: returns zeros, leaves its cache slot empty."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
 def test_the_hazard_is_real_without_the_fix(sources):
-    """Control: the in-memory masked model (no cache fix) decodes wrongly once attention 0 is gone, so the
-    tests above can fail."""
+    """Control: a masked model whose removed attention 0 leaves its cache slot empty decodes wrongly,
+    so the tests above can fail."""
     ref = masked(sources["llama"], CASES["attn0"])
+    ref.model.layers[0].self_attn = _ZeroAttention()
     assert not torch.equal(cached_loop(ref, PROMPT[1:], NEW)[0], reforward(ref, PROMPT[1:], NEW)[0])
