@@ -33,6 +33,10 @@ def convert(gguf: str | os.PathLike[str], output: str | os.PathLike[str], dtype:
 
 def inspect(model: str | os.PathLike[str]) -> dict[str, Any]:
     """Family, layers, blocks, parameters by kind, dtype, size on disk, tied embeddings, block map."""
+    from compress.prune.maskfile import inspect_mask, is_mask_folder
+
+    if is_mask_folder(model):  # `compress prune --export mask`: the base's summary, its blocks removed
+        return inspect_mask(model, inspect)
     ckpt = Checkpoint(model)
     s = summarize(ckpt)
     cfg = ckpt.config

@@ -45,8 +45,9 @@ from compress.cli.options import (
 @seed_option
 @device_option
 @dtype_option("auto")
-@click.option("--export", "export_mode", type=click.Choice(["physical", "zeroed"]), default="physical",
-              show_default=True, help="physical: smaller checkpoint; zeroed: same architecture, no speed gain.")
+@click.option("--export", "export_mode", type=click.Choice(["physical", "zeroed", "mask"]), default="physical",
+              show_default=True, help="physical: smaller checkpoint; zeroed: same architecture, no speed gain; "
+                                      "mask: pruning.json + a reference to MODEL (re-applied at load).")
 @click.option("--max-shard-size", default="5GB", show_default=True)
 @click.option("--offload", is_flag=True,
               help="Stream the weights layer by layer from the checkpoint (at most one layer on the device), "

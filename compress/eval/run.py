@@ -135,8 +135,13 @@ def evaluate(
         raise CompressError(f"--max-windows must be positive, got {max_windows}")
     if batch_size < 1:
         raise CompressError(f"--batch-size must be at least 1, got {batch_size}")
-    for m in model_list:
-        Checkpoint(m)  # refuses a missing folder / non-model before any work starts
+    from compress.prune.maskfile import is_mask_folder, read_mask
+
+    for m in model_list:  # refuses a missing folder / non-model before any work starts
+        if is_mask_folder(m):
+            read_mask(m)  # `compress prune --export mask`: its base must be where it was, unchanged
+        else:
+            Checkpoint(m)
     labels = _names(model_list, names)
 
     dirs = None

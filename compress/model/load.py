@@ -39,6 +39,11 @@ def load_model(
 
     tlog.disable_progress_bar()
 
+    if ckpt is None:
+        from compress.prune.maskfile import is_mask_folder, load_masked
+
+        if is_mask_folder(path):  # `compress prune --export mask`: the base, its blocks removed in memory
+            return load_masked(path, device, dtype)
     ckpt = ckpt or Checkpoint(path)
     family_for(ckpt.config, ckpt.names())  # refuses unsupported architectures with a clear message
     dev = parse_device(device)

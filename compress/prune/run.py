@@ -42,7 +42,7 @@ from compress.prune.state import fingerprint, load_state, save_state, state_path
 
 METHODS = ("blockpruner", "shortgpt", "sleb", "layer")
 BLOCK_TYPES = ("mix", "attn", "mlp")
-EXPORTS = ("physical", "zeroed")
+EXPORTS = ("physical", "zeroed", "mask")
 SMALL_CALIBRATION = 8192  # scored tokens; the issue measured overfitting at 1.5k
 DEFAULT_SAMPLES = 32
 
@@ -279,9 +279,15 @@ def prune(
         rep.write_json(report, tmp)
         rep.plot(report, tmp / rep.REPORT_PNG)
 
-    out = export_pruned(model, output, removed, mode=export, force=force, max_shard_size=max_shard_size,
-                        extra={"prune": {k: v for k, v in report.items() if k not in ("steps", "all_steps")}},
-                        before_commit=before_commit)
+    if export == "mask":  # pruning.json + a reference to the base (maskfile.py)
+        from compress.prune.maskfile import write_mask
+
+        out = write_mask(model, output, report, [s.as_dict() for s in result.steps], force=force,
+                         before_commit=before_commit)
+    else:
+        out = export_pruned(model, output, removed, mode=export, force=force, max_shard_size=max_shard_size,
+                            extra={"prune": {k: v for k, v in report.items() if k not in ("steps", "all_steps")}},
+                            before_commit=before_commit)
     report["output"] = str(out)
     report["seconds_total"] = time.perf_counter() - t0
     if spath.exists():

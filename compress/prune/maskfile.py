@@ -1,0 +1,158 @@
+"""`compress prune --export mask` (spec prune.md §8.2, mode 1): the pruning, not the weights.
+
+The output folder holds `pruning.json` - the method, block type, criterion, calibration spec
+(source, seed, windows, sequence length, tokens), the ordered removals of the search with the
+calibration perplexity after each step, the chosen K, and a reference to the base model: its
+absolute path and a sha256 over its weight files and config.json - plus the base's tokenizer files,
+the search report and `compress.json`. No weights: `compress.load(out)` (and so `compress eval`,
+`compress inspect`) loads the base model and re-applies the first K removals in memory
+(`compress.prune.mask`), after checking that the base is still where it was and unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from compress.errors import CompressError
+
+MASK_FILE = "pruning.json"
+FORMAT = "compress-prune-mask"
+VERSION = 1
+
+__all__ = ["MASK_FILE", "inspect_mask", "is_mask_folder", "load_masked", "read_mask", "weights_hash", "write_mask"]
+
+
+def is_mask_folder(path: str | os.PathLike[str]) -> bool:
+    """A folder written by `--export mask` (pruning.json, no config.json of its own)."""
+    p = Path(path)
+    return p.is_dir() and (p / MASK_FILE).is_file() and not (p / "config.json").is_file()
+
+
+def weights_hash(model_dir: str | os.PathLike[str]) -> str:
+    """sha256 over the sha256 of every weight file and of config.json (compress eval's model hash)."""
+    from compress.eval.report import model_hash
+
+    return model_hash(model_dir)["sha256"]
+
+
+def write_mask(model_dir: str | os.PathLike[str], output: str | os.PathLike[str], report: dict[str, Any],
+               steps: list[dict[str, Any]], *, force: bool = False, before_commit=None) -> Path:
+    """Write the mask folder atomically. `report` is the prune report (its `steps` are the chosen
+    K); `steps` every step the search made, in order (K or more)."""
+    from compress.checkpoint.atomic import atomic_dir
+    from compress.checkpoint.provenance import write_provenance
+    from compress.checkpoint.reader import Checkpoint
+
+    base = Path(model_dir).resolve()
+    ckpt = Checkpoint(base)
+    k = len(report["steps"])
+    data = {
+        "format": FORMAT,
+        "version": VERSION,
+        "base": {"path": str(base), "weights_sha256": weights_hash(base)},
+        "method": report["method"],
+        "block_type": report["block_type"],
+        "criterion": report["criterion"],
+        "search": report["search"],
+        "calibration": report["calibration"],
+        "dtype": report["dtype"],
+        "k": k,
+        "removed": report["removed"],
+        "already_removed": report.get("already_removed", []),
+        "params": report["params"],
+        "ratio": report["ratio"],
+        "steps": [{"step": s["step"], "unit": s["unit"], "blocks": [list(b) for b in s["blocks"]],
+                   "ppl": s["ppl"], "ratio": s["ratio"]} for s in steps],
+    }
+    with atomic_dir(output, [model_dir], force) as tmp:
+        (tmp / MASK_FILE).write_text(json.dumps(data, indent=1) + "\n")
+        for f in ckpt.side_files():
+            if f.name != "modeling_compress_pruned.py":
+                shutil.copy2(f, tmp / f.name)
+        write_provenance(tmp, inputs=[str(model_dir)], extra={"prune": {"export": "mask", "k": k,
+                                                                        "removed": report["removed"]}})
+        if before_commit is not None:
+            before_commit(tmp)
+    return Path(output)
+
+
+def read_mask(path: str | os.PathLike[str], verify: bool = True) -> dict[str, Any]:
+    """pruning.json of a mask folder, checked; with `verify`, the base must exist and be unchanged."""
+    p = Path(path) / MASK_FILE
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CompressError(f"cannot read {p}: {e}") from None
+    try:
+        ok = (data["format"] == FORMAT and isinstance(data["base"]["path"], str)
+              and isinstance(data["k"], int) and isinstance(data["removed"], list)
+              and all(isinstance(b, list) and len(b) == 2 for b in data["removed"]))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise CompressError(f"{p} is not a pruning mask written by `compress prune --export mask`")
+    if data.get("version") != VERSION:
+        raise CompressError(f"{p} has version {data.get('version')}; this compress reads version {VERSION}")
+    if verify:
+        base = Path(data["base"]["path"])
+        if not (base / "config.json").is_file():
+            raise CompressError(f"the base model of {path} is not at {base} any more (moved or deleted): "
+                                f"put it back, or edit base.path in {p}")
+        if weights_hash(base) != data["base"]["weights_sha256"]:
+            raise CompressError(f"the base model at {base} changed since {path} was written (its weights hash "
+                                "differs): the mask applies only to the model it was searched on")
+    return data
+
+
+def load_masked(path: str | os.PathLike[str], device=None, dtype=None) -> nn.Module:
+    """The base model with the mask's K removals applied in memory (compress.prune.mask)."""
+    from compress.arch import family_for
+    from compress.checkpoint.reader import Checkpoint
+    from compress.model.load import load_model
+    from compress.prune.mask import apply_removals
+
+    data = read_mask(path)
+    base = data["base"]["path"]
+    ckpt = Checkpoint(base)
+    model = load_model(base, device, dtype, ckpt=ckpt)
+    apply_removals(model, family_for(ckpt.config, ckpt.names()), [(int(i), str(k)) for i, k in data["removed"]])
+    return model
+
+
+def inspect_mask(path: str | os.PathLike[str], base_inspect) -> dict[str, Any]:
+    """`compress inspect` of a mask folder: the base's summary with the removed blocks taken out."""
+    from compress.checkpoint.reader import Checkpoint
+    from compress.prune.params import checkpoint_params
+
+    data = read_mask(path)
+    base = data["base"]["path"]
+    out = base_inspect(base)
+    removed = [(int(i), str(k)) for i, k in data["removed"]]
+    params = checkpoint_params(Checkpoint(base))
+    block_map = list(out["block_map"])
+    for i, kind in removed:
+        c = block_map[i]
+        has_a, has_m = c in "BA", c in "BM"
+        has_a, has_m = has_a and kind != "attn", has_m and kind != "mlp"
+        block_map[i] = "B" if has_a and has_m else "A" if has_a else "M" if has_m else "."
+    n_attn = sum(1 for _, k in removed if k == "attn")
+    out.update({
+        "path": str(Path(path)),
+        "format": "mask",
+        "base": base,
+        "pruned": True,
+        "removed_blocks": [[i, k] for i, k in removed],
+        "parameters": out["parameters"] - params.removed(removed),
+        "blocks": {"attn": out["blocks"]["attn"] - n_attn, "mlp": out["blocks"]["mlp"] - (len(removed) - n_attn),
+                   "total": out["blocks"]["total"] - len(removed)},
+        "block_map": "".join(block_map),
+        "size_on_disk": sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file()),
+        "base_size_on_disk": out["size_on_disk"],
+    })
+    return out

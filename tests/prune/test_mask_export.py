@@ -1,0 +1,90 @@
+"""`compress prune --export mask`: pruning.json + a reference to the base, re-applied at load.
+
+References: the dense base loaded with plain transformers and masked in memory (test_export.masked),
+and the physical export of the same removals.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.cli import main
+from compress.errors import CompressError
+from compress.model.load import load, load_model
+from compress.prune.export import export_pruned
+from tests.fixtures import WIKI_VALID
+from tests.prune.test_export import IDS, logits, masked
+from tests.prune.test_prune_cli import CAL, n_params, prune_json
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run_json(capsys, *args) -> dict:
+    capsys.readouterr()
+    assert main(list(map(str, args))) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_mask_export_loads_like_masked_and_physical(tmp_path, capsys, tiny_models):
+    src = tiny_models["gemma2"]  # sandwich norms, tied embeddings, sliding windows (IDS: 48 > 32)
+    rep = prune_json(capsys, src, "-o", tmp_path / "mask", "--blocks", 3, "--export", "mask", *CAL)
+    out = Path(rep["output"])
+    names = {f.name for f in out.iterdir()}
+    assert "pruning.json" in names and "prune_report.json" in names and "compress.json" in names
+    assert not any(n.endswith(".safetensors") for n in names) and "config.json" not in names
+    pj = json.loads((out / "pruning.json").read_text())
+    assert pj["k"] == 3 and [s["unit"] for s in pj["steps"]] == rep["sequence"]
+    assert [s["ppl"] for s in pj["steps"]] == [s["ppl"] for s in rep["steps"]]
+    assert pj["base"]["path"] == str(Path(src).resolve()) and len(pj["base"]["weights_sha256"]) == 64
+    assert pj["calibration"]["seed"] == 42 and pj["calibration"]["seq_len"] == 32 and pj["method"] == "blockpruner"
+    removed = [tuple(b) for b in pj["removed"]]
+    assert len(removed) == 3
+
+    model, tok = load(out, "cpu", "fp32")
+    assert tok("hello").input_ids
+    got = logits(model, IDS)
+    assert torch.equal(got, logits(masked(src, removed), IDS))
+    phys = export_pruned(src, tmp_path / "phys", removed)
+    assert torch.allclose(logits(load_model(phys, dtype="fp32"), IDS), got, atol=1e-5, rtol=1e-5)
+
+    info = run_json(capsys, "inspect", out, "--json")
+    assert info["pruned"] and info["format"] == "mask" and info["parameters"] == n_params(phys)
+    assert info["blocks"]["total"] == 8 - 3
+    ppl_mask = run_json(capsys, "eval", "ppl", out, "--data", WIKI_VALID, "--seq-len", 32, "--max-windows", 3,
+                        "--dtype", "fp32", "--json")
+    ppl_phys = run_json(capsys, "eval", "ppl", phys, "--data", WIKI_VALID, "--seq-len", 32, "--max-windows", 3,
+                        "--dtype", "fp32", "--json")
+    assert ppl_mask["ppl"] == pytest.approx(ppl_phys["ppl"], rel=1e-5)
+
+
+def test_mask_refuses_a_changed_or_moved_base(tmp_path, capsys, tiny_models):
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_models["llama"], base)
+    prune_json(capsys, base, "-o", tmp_path / "m", "--blocks", 1, "--export", "mask", *CAL)
+    load(tmp_path / "m")  # unchanged: loads
+    weights = base / "model.safetensors"
+    sd = load_file(weights)
+    name = "model.layers.0.mlp.up_proj.weight"
+    sd[name] = sd[name] + 1e-3  # same names, shapes and dtypes: only the values differ
+    save_file(sd, weights, metadata={"format": "pt"})
+    with pytest.raises(CompressError, match="changed since"):
+        load(tmp_path / "m")
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "m")]) == 1
+    assert "changed since" in capsys.readouterr().err
+    base.rename(tmp_path / "elsewhere")
+    with pytest.raises(CompressError, match="moved or deleted"):
+        load(tmp_path / "m")
