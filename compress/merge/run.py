@@ -631,10 +631,9 @@ class _Loader:
         if task.vocab is not None:
             self._check(t, src)
             return align(t, src.model, task.vocab, self.defaults(task)).to(self.device)
-        own = reader.ckpt.format == "safetensors"  # pread buffers are ours to overwrite
-        t = t.to(device=self.device, dtype=torch.float32, copy=not own)
+        # Stored dtype: the methods convert chunk by chunk to fp32 and never modify their inputs.
         self._check(t, src)
-        return t
+        return t.to(self.device)
 
     def close(self) -> None:
         for r in self.readers:
@@ -676,7 +675,8 @@ def merge_one(plan: MergePlan, task: TensorTask, loader: _Loader, seed: int,
     tensors = [] if lazy else [loader.load(s, task) for s in task.others]
     job = Job(task.out, base, tensors, task.model_params, task.params, seed, [s.model for s in task.others],
               weights.to(torch.float32) if weights is not None else None,
-              (lambda i: loader.load(task.others[i], task)) if lazy else None)
+              (lambda i: loader.load(task.others[i], task)) if lazy else None, out_dtype=task.dtype,
+              device=loader.device)
     out = plan.method.merge(job)
     return out.to(task.dtype)
 

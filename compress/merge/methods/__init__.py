@@ -21,7 +21,8 @@ from compress.merge.methods.linear import linear
 from compress.merge.methods.model_stock import model_stock
 from compress.merge.methods.sce import sce
 from compress.merge.methods.slerp import slerp
-from compress.merge.methods.ties import merge_deltas
+from compress.merge.methods.stream import f32, full_delta, spans
+from compress.merge.methods.ties import merge_sparse
 from compress.merge.methods.varm import GRANULARITIES, NORMS, ZERO_FALLBACKS, varm_merge
 
 __all__ = ["METHODS", "Job", "Method", "Param", "get_method", "tensor_generator"]
@@ -53,6 +54,8 @@ class Job:
     model_ids: list[int] = field(default_factory=list)
     weights: torch.Tensor | None = None  # precomputed per-model weights (VaRM's statistics pass)
     load: Callable[[int], torch.Tensor] | None = None  # lazy methods read model i on demand
+    out_dtype: torch.dtype | None = None  # the result's dtype (None: fp32); arithmetic is fp32 per chunk
+    device: torch.device | None = None  # where the arithmetic runs (None: the inputs' device)
 
     def inputs(self) -> Iterator[torch.Tensor]:
         """The non-base tensors, one at a time (read on demand for lazy methods)."""
@@ -66,7 +69,7 @@ class Job:
 @dataclass(frozen=True)
 class Method:
     name: str
-    merge: Callable[[Job], torch.Tensor]  # may overwrite the job's tensors (they are its own copies)
+    merge: Callable[[Job], torch.Tensor]  # inputs in any float dtype (never modified); fp32 per chunk
     per_model: dict[str, Param]
     shared: dict[str, Param]
     needs_base: bool = True
@@ -131,7 +134,28 @@ def rescale_mode(v: Any) -> str:
 
 # ---- adapters ------------------------------------------------------------------------------
 def _linear(job: Job) -> torch.Tensor:
-    return linear(job.inputs(), [p["weight"] for p in job.model_params], job.params["normalize"])
+    return linear(job.inputs(), [p["weight"] for p in job.model_params], job.params["normalize"],
+                  out_dtype=job.out_dtype, device=job.device)
+
+
+def _plan(job: Job, i: int, x: torch.Tensor, sparsifier: str | None, rescale: str) -> sparsify.Sparse:
+    """Model i's sparsification of δ_i = x − base (full δ only while its mask is chosen)."""
+    assert job.base is not None
+    p = job.model_params[i]
+    rho = p.get("density", 1.0)
+    if sparsifier is None or rho >= 1:
+        return sparsify.Sparse()
+    d = full_delta(x, job.base, job.device)
+    if sparsifier == "magnitude":
+        return sparsify.magnitude_plan(d, rho, rescale)
+    if sparsifier == "dare":
+        return sparsify.dare_plan(d, rho, rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
+    if sparsifier == "breadcrumbs":
+        return sparsify.breadcrumbs_plan(d, rho, p["gamma"], rescale)
+    if sparsifier == "della":
+        return sparsify.Sparse(dense=sparsify.della(d, rho, p["epsilon"], rescale,
+                                                    tensor_generator(job.seed, job.model_ids[i], job.name)))
+    raise ValueError(f"unknown sparsifier {sparsifier!r}")
 
 
 def _gta(sparsifier: str | None, consensus: str | None) -> Callable[[Job], torch.Tensor]:
@@ -140,89 +164,79 @@ def _gta(sparsifier: str | None, consensus: str | None) -> Callable[[Job], torch
         rescale = rescale_mode(job.params.get("rescale", False))
         if consensus is None:
             return _gta_streaming(job, sparsifier, rescale)
-        deltas = []
-        for i, p in enumerate(job.model_params):
-            # The job owns its tensors: turn each input into its delta in place and drop the input,
-            # so a large tensor (the embedding) costs base + N deltas, not base + N inputs + N deltas.
-            d = job.tensors[i].sub_(job.base)
-            job.tensors[i] = d
-            rho = p.get("density", 1.0)
-            if sparsifier == "magnitude":
-                d = sparsify.magnitude(d, rho, rescale, inplace=True)
-            elif sparsifier == "dare":
-                d = sparsify.dare(d, rho, rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
-            elif sparsifier == "breadcrumbs":
-                d = sparsify.breadcrumbs(d, rho, p["gamma"], rescale, inplace=True)
-            elif sparsifier == "della":
-                d = sparsify.della(d, rho, p["epsilon"], rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
-            job.tensors[i] = d
-            deltas.append(d)
-        if not deltas:
-            return job.base
-        return merge_deltas(job.base, deltas, [p["weight"] for p in job.model_params], consensus=consensus,
-                            normalize=job.params["normalize"], lam=job.params["lambda"])
+        if not job.model_params:
+            return job.base.to(job.out_dtype or torch.float32)
+        plans = [_plan(job, i, x, sparsifier, rescale) for i, x in enumerate(job.tensors)]
+        return merge_sparse(job.base, job.tensors, plans, [p["weight"] for p in job.model_params],
+                            consensus=consensus, normalize=job.params["normalize"], lam=job.params["lambda"],
+                            out_dtype=job.out_dtype, device=job.device)
     return run
 
 
 def _slerp(job: Job) -> torch.Tensor:
     assert job.base is not None
-    return slerp(job.params["t"], job.base, job.tensors[0])
+    return slerp(job.params["t"], job.base, job.tensors[0], out_dtype=job.out_dtype)
 
 
 def _model_stock(job: Job) -> torch.Tensor:
     assert job.base is not None
     clamp = job.params.get("clamp_t")
-    return model_stock(job.base, job.tensors, job.params["filter_wise"], (0.0, 1.0) if clamp else None)
+    return model_stock(job.base, job.tensors, job.params["filter_wise"], (0.0, 1.0) if clamp else None,
+                       out_dtype=job.out_dtype)
 
 
 def _sce(job: Job) -> torch.Tensor:
     assert job.base is not None
-    return sce(job.base, job.tensors, job.params["select_topk"], job.params["sce_mask_deltas"], inplace=True)
+    return sce(job.base, job.tensors, job.params["select_topk"], job.params["sce_mask_deltas"],
+               out_dtype=job.out_dtype, device=job.device)
 
 
 def _varm(job: Job) -> torch.Tensor:
     assert job.base is not None and job.weights is not None
-    return varm_merge(job.base, job.inputs(), job.weights)
-
-
-def _sparsified(job: Job, i: int, d: torch.Tensor, sparsifier: str | None, rescale: str) -> torch.Tensor:
-    p = job.model_params[i]
-    rho = p.get("density", 1.0)
-    if sparsifier == "magnitude":
-        return sparsify.magnitude(d, rho, rescale, inplace=True)
-    if sparsifier == "dare":
-        return sparsify.dare(d, rho, rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
-    if sparsifier == "breadcrumbs":
-        return sparsify.breadcrumbs(d, rho, p["gamma"], rescale, inplace=True)
-    if sparsifier == "della":
-        return sparsify.della(d, rho, p["epsilon"], rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
-    return d
+    return varm_merge(job.base, job.inputs(), job.weights, out_dtype=job.out_dtype)
 
 
 def _gta_streaming(job: Job, sparsifier: str | None, rescale: str) -> torch.Tensor:
     """Without sign consensus the combine is a running sum: one model resident at a time.
 
-    θ_b + λ · (Σ_i w_i δ̃_i) / Σ_i w_i, summed in model order (bit-identical to summing the stack).
+    θ_b + λ · (Σ_i w_i δ̃_i) / Σ_i w_i, summed in model order (bit-identical to summing the stack),
+    accumulated in one fp32 buffer chunk by chunk.
     """
-    assert job.base is not None
+    base = job.base
+    assert base is not None
+    dev = job.device or base.device
     weights = [float(p["weight"]) for p in job.model_params]
     mixed: torch.Tensor | None = None
-    for i, t in enumerate(job.inputs()):
-        d = _sparsified(job, i, t.sub_(job.base), sparsifier, rescale)
-        d.mul_(weights[i])
+    for i, x in enumerate(job.inputs()):
+        plan = _plan(job, i, x, sparsifier, rescale)
+        first = mixed is None
         if mixed is None:
-            mixed = d
-        else:
-            mixed.add_(d)
-        del d, t
+            mixed = torch.empty(base.numel(), dtype=torch.float32, device=dev)
+        for sl in spans(base.numel()):
+            d = plan.apply(f32(x, sl, dev) - f32(base, sl, dev), sl)
+            d.mul_(weights[i])
+            if first:
+                mixed[sl] = d
+            else:
+                mixed[sl].add_(d)
+        del plan, x
     if mixed is None:
-        return job.base
+        return base.to(job.out_dtype or torch.float32)
+    divisor = None
     if job.params["normalize"]:
-        total = torch.tensor(weights, dtype=mixed.dtype).sum()
-        mixed.div_(torch.where(total.abs() < 1e-8, torch.ones_like(total), total).item())
-    if job.params["lambda"] != 1:
-        mixed.mul_(job.params["lambda"])
-    return mixed.add_(job.base)
+        total = torch.tensor(weights, dtype=torch.float32).sum()
+        divisor = torch.where(total.abs() < 1e-8, torch.ones_like(total), total).item()
+    lam = job.params["lambda"]
+    out = torch.empty(base.shape, dtype=job.out_dtype or torch.float32)
+    flat = out.reshape(-1)
+    for sl in spans(base.numel()):
+        m = mixed[sl]
+        if divisor is not None:
+            m.div_(divisor)
+        if lam != 1:
+            m.mul_(lam)
+        flat[sl] = m.add_(f32(base, sl, dev)).to(out.dtype)
+    return out
 
 
 WEIGHT = Param(1.0, float, _finite)

@@ -12,17 +12,24 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from compress.merge.methods.stream import f32, spans
 
-def linear(tensors: Iterable[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
+
+def linear(tensors: Iterable[torch.Tensor], weights: Sequence[float], normalize: bool = True,
+           out_dtype: torch.dtype | None = None, device: torch.device | None = None) -> torch.Tensor:
     """Weighted sum of the tensors, divided by the weight sum when `normalize`.
 
     `tensors` may be a generator: each tensor is added and released before the next is produced.
+    Inputs in any float dtype; the sum is accumulated in fp32 chunk by chunk.
     """
     out: torch.Tensor | None = None
     for t, w in zip(tensors, weights, strict=True):
         if out is None:
-            out = torch.zeros_like(t)
-        out.add_(t, alpha=float(w))
+            out = torch.zeros(t.shape, dtype=torch.float32, device=device or t.device)
+        flat = out.reshape(-1)
+        for sl in spans(t.numel()):
+            flat[sl].add_(f32(t, sl, flat.device), alpha=float(w))
+        del t
     if out is None:
         raise ValueError("linear merge of zero tensors")
     if normalize:
@@ -30,7 +37,7 @@ def linear(tensors: Iterable[torch.Tensor], weights: Sequence[float], normalize:
         if abs(total) < 1e-8:
             total = 1.0
         out /= total
-    return out
+    return out if out_dtype in (None, torch.float32) else out.to(out_dtype)
 
 
 def task_arithmetic(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],

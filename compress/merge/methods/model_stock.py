@@ -31,7 +31,7 @@ def model_stock_t(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wi
     gram = torch.zeros(n, n, rows.shape[0], dtype=torch.float64, device=base.device)
     if filter_wise:
         for r in range(0, rows.shape[0], step):
-            offs = [v[r:r + step] - rows[r:r + step] for v in views]
+            offs = [v[r:r + step].float() - rows[r:r + step].float() for v in views]
             for i in range(n):
                 for j in range(i, n):
                     gram[i, j, r:r + step] += (offs[i] * offs[j]).sum(dim=-1).double()
@@ -39,7 +39,7 @@ def model_stock_t(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wi
         flat_b = rows.reshape(-1)
         flats = [v.reshape(-1) for v in views]
         for s in range(0, flat_b.numel(), chunk):
-            offs = [f[s:s + chunk] - flat_b[s:s + chunk] for f in flats]
+            offs = [f[s:s + chunk].float() - flat_b[s:s + chunk].float() for f in flats]
             for i in range(n):
                 for j in range(i, n):
                     gram[i, j, 0] += float((offs[i].double() * offs[j].double()).sum())
@@ -52,25 +52,36 @@ def model_stock_t(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wi
     den = 1 + (n - 1) * c
     singular = den.abs() < 1e-6  # c -> -1/(N-1): no finite estimate, keep the base (as mergekit)
     t = torch.where(singular, torch.zeros_like(c), n * c / torch.where(singular, torch.ones_like(den), den))
-    return t.to(base.dtype)
+    return t.to(torch.float32)
 
 
 def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise: bool = False,
-                clamp_t: tuple[float, float] | None = None) -> torch.Tensor:
-    """θ = t · mean θ_i + (1 − t) · θ_b with t from the pairwise cosines of the offsets."""
+                clamp_t: tuple[float, float] | None = None, out_dtype: torch.dtype | None = None,
+                chunk: int = 1 << 20) -> torch.Tensor:
+    """θ = t · mean θ_i + (1 − t) · θ_b with t from the pairwise cosines of the offsets.
+
+    Inputs in any float dtype; the result is built over row chunks in fp32 and written in `out_dtype`.
+    """
     if len(tensors) < 2:
         raise ValueError("model_stock needs at least two models besides the base")
     t = model_stock_t(base, tensors, filter_wise)
     if clamp_t is not None:
         t = t.clamp(clamp_t[0], clamp_t[1])
-    avg = tensors[0].clone()
-    for x in tensors[1:]:
-        avg.add_(x)
-    avg.div_(len(tensors))
-    if filter_wise and base.dim() >= 2:
-        t = t.reshape(-1, *([1] * (base.dim() - 1)))
-    else:
-        t = t.reshape(()) if t.numel() == 1 else t
-    avg.mul_(t)
-    avg.add_(base * (1 - t))
-    return avg
+    per_row = filter_wise and base.dim() >= 2
+    rows_b = base.reshape(base.shape[0], -1) if base.dim() >= 2 else base.reshape(1, -1)
+    views = [x.reshape(rows_b.shape) for x in tensors]
+    out = torch.empty(base.shape, dtype=out_dtype or torch.float32, device=base.device)
+    rows_o = out.reshape(rows_b.shape)
+    step = max(1, chunk // max(1, rows_b.shape[1]))
+    tt = t.reshape(()) if t.numel() == 1 else t.reshape(-1, 1)
+    for r in range(0, rows_b.shape[0], step):
+        sl = slice(r, r + step)
+        avg = views[0][sl].float().clone()
+        for x in views[1:]:
+            avg.add_(x[sl].float())
+        avg.div_(len(tensors))
+        ts = tt[sl] if per_row else tt
+        avg.mul_(ts)
+        avg.add_(rows_b[sl].float() * (1 - ts))
+        rows_o[sl] = avg.to(out.dtype)
+    return out

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from compress.merge.methods.stream import f32, full_delta, spans
+
 CHUNK = 1 << 20
 
 
@@ -47,34 +49,62 @@ def sce_weights(masked: Sequence[torch.Tensor], threshold: float = 1e-6) -> torc
 
 
 def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float = 1.0, mask_deltas: bool = True,
-        inplace: bool = False) -> torch.Tensor:
+        inplace: bool = False, out_dtype: torch.dtype | None = None,
+        device: torch.device | None = None) -> torch.Tensor:
     """Merge one tensor with SCE; `mask_deltas` picks upstream mergekit (True) or the FuseAI fork (False).
 
-    With `inplace` the input tensors are overwritten by their deltas (saves memory on large tensors).
+    Inputs may be in any float dtype and are not modified (`inplace` is accepted for compatibility);
+    δ_j is formed in fp32 per chunk, and in full only one model at a time for its η statistic.
     """
+    del inplace
+    dev = device or base.device
     if not tensors:
-        return base
-    deltas = [t.sub_(base) if inplace else t - base for t in tensors]
-    mask = sce_select(deltas, topk)
-    full = bool(mask.all())
-    if mask_deltas:
+        return base.to(out_dtype or torch.float32)
+    numel = base.numel()
+    mask = _select(base, tensors, topk, dev)
+    full = mask is None
+    stats = []
+    for x in tensors:  # η_j: mean((M⊙δ_j)²) over the whole tensor, exactly as on the stacked deltas
+        d = full_delta(x, base, dev).reshape(-1)
         if not full:
-            for d in deltas:
-                d.mul_(mask)
-        eta = sce_weights(deltas, threshold=1e-6)
-    else:
-        eta = sce_weights([d * mask for d in deltas] if not full else deltas, threshold=0.0)
-    del mask
-    out = torch.empty_like(base)
-    flat_out, flat_base = out.reshape(-1), base.reshape(-1)
-    flats = [d.reshape(-1) for d in deltas]
+            d.mul_(mask)
+        stats.append(d.square().mean())
+        del d
+    stat = torch.stack(stats)
+    threshold = 1e-6 if mask_deltas else 0.0
+    total = float(stat.sum())
+    eta = torch.full_like(stat, 1.0 / stat.numel()) if abs(total) < threshold else stat / total
+    out = torch.empty(base.shape, dtype=out_dtype or torch.float32)
+    flat_out = out.reshape(-1)
     eta_col = eta.reshape(-1, 1)
-    for start in range(0, flat_base.numel(), CHUNK):
-        sl = slice(start, start + CHUNK)
-        used = torch.stack([f[sl] for f in flats])
+    for sl in spans(numel):
+        b = f32(base, sl, dev)
+        ds = [f32(x, sl, dev) - b for x in tensors]
+        if mask_deltas and not full:
+            for d in ds:
+                d.mul_(mask[sl])
+        used = torch.stack(ds)
         s = torch.where(used.sum(dim=0) >= 0, 1.0, -1.0).to(used.dtype)
         ew = eta_col * (used.sign() == s).to(used.dtype)
         div = ew.sum(dim=0)
         div = div.clamp(min=1e-6) if mask_deltas else torch.where(div == 0, torch.ones_like(div), div)
-        torch.add(flat_base[sl], (used * ew).sum(dim=0) / div, out=flat_out[sl])
+        flat_out[sl] = torch.add(b, (used * ew).sum(dim=0) / div).to(out.dtype)
     return out
+
+
+def _select(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float, dev: torch.device) -> torch.Tensor | None:
+    """`sce_select` on δ_j = tensors_j − base, variance formed chunk by chunk; None = everything kept."""
+    if topk >= 1:
+        return None
+    numel = base.numel()
+    mask = torch.zeros(numel, dtype=torch.bool, device=dev)
+    if topk <= 0:
+        return mask
+    var = torch.empty(numel, dtype=torch.float32, device=dev)
+    for sl in spans(numel):
+        b = f32(base, sl, dev)
+        var[sl] = torch.stack([f32(x, sl, dev) - b for x in tensors]).var(dim=0, unbiased=False)
+    k = int(int(torch.count_nonzero(var)) * topk)
+    if k > 0:
+        mask[torch.topk(var.abs_(), k, largest=True).indices] = True
+    return mask

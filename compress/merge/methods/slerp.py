@@ -15,10 +15,12 @@ import torch
 DOT_THRESHOLD = 0.9995
 
 
-def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 1e-8, chunk: int = 1 << 20) -> torch.Tensor:
+def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 1e-8, chunk: int = 1 << 20,
+          out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Interpolate from v0 (t=0) to v1 (t=1) along the great circle through their directions.
 
-    Norms and the dot product are accumulated over flat chunks in fp64, so no full-size copy is made.
+    Norms and the dot product are accumulated over flat chunks in fp64, and the result is written
+    chunk by chunk in `out_dtype` (inputs in any float dtype), so no full-size fp32 copy is made.
     """
     a, b = v0.reshape(-1), v1.reshape(-1)
     na2 = nb2 = ab = 0.0
@@ -36,6 +38,10 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 1e-8, chunk
         omega = math.acos(dot)
         s = math.sin(omega)
         c0, c1 = math.sin((1 - t) * omega) / s, math.sin(t * omega) / s
-    out = v0 * c0
-    out.add_(v1, alpha=c1)
+    out = torch.empty(v0.shape, dtype=out_dtype or torch.float32, device=v0.device)
+    flat = out.reshape(-1)
+    for start in range(0, a.numel(), chunk):
+        sl = slice(start, start + chunk)
+        x = a[sl].float() * c0
+        flat[sl] = x.add_(b[sl].float(), alpha=c1).to(out.dtype)
     return out

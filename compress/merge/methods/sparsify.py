@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from compress.merge.methods.stream import Sparse
+
 RESCALES = ("l1", "inverse_density", "none")
 
 
@@ -136,3 +138,72 @@ def _rescale(original: torch.Tensor, kept: torch.Tensor, rescale: str, density: 
     if rescale == "none":
         return kept
     raise ValueError(f"unknown rescale {rescale!r}: use one of {', '.join(RESCALES)}")
+
+
+# ---- plans: the same selections as above, recorded as masks (replayed chunk by chunk) ----------
+def magnitude_plan(delta: torch.Tensor, density: float, rescale: str = "none") -> Sparse:
+    """`magnitude` as a keep mask; `delta` (fp32) is consumed: |δ| is sorted in place.
+
+    Same sort call on the same values as `magnitude`, so the same entries survive ties.
+    """
+    if density >= 1 or delta.numel() == 0:
+        return Sparse()
+    k = max(1, int(density * delta.numel()))
+    return _rank_plan(delta, True, 0, k, rescale, density)
+
+
+def breadcrumbs_plan(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: str = "none") -> Sparse:
+    """`breadcrumbs` as a keep mask (ranks [n_bot, numel − n_top) of |δ| ascending); consumes `delta`."""
+    if density >= 1:
+        return Sparse()
+    numel = delta.numel()
+    n_keep = int(density * numel)
+    n_top = int(gamma * numel)
+    n_bot = numel - n_keep - n_top
+    if n_bot < 0:
+        n_top += n_bot
+        n_bot = 0
+    return _rank_plan(delta, False, n_bot, numel - n_top, rescale, density)
+
+
+def _rank_plan(delta: torch.Tensor, descending: bool, lo: int, hi: int, rescale: str, density: float) -> Sparse:
+    flat = delta.reshape(-1)
+    flat.abs_()
+    absd = flat.clone() if rescale == "l1" else None  # |δ| in place order, for the L1 sums
+    order = torch.empty(flat.numel(), dtype=torch.int64, device=flat.device)
+    torch.sort(flat, descending=descending, out=(flat, order))  # in place: same order as sort(|δ|)
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    keep[order[lo:hi]] = True
+    del order
+    plan = Sparse(keep=keep)
+    if rescale == "l1":
+        assert absd is not None
+        before = absd.sum()
+        after = absd.masked_fill_(~keep, 0).sum()
+        if before >= 1e-7 and after >= 1e-7:
+            plan.scale = before / after
+    elif rescale == "inverse_density":
+        plan.div = density
+    elif rescale != "none":
+        raise ValueError(f"unknown rescale {rescale!r}: use one of {', '.join(RESCALES)}")
+    return plan
+
+
+def dare_plan(delta: torch.Tensor, density: float, rescale: str, generator: torch.Generator) -> Sparse:
+    """`dare` as a mask (δ·M) plus its rescale, drawn exactly as `dare` draws it."""
+    if density >= 1:
+        return Sparse()
+    mask = torch.bernoulli(torch.full(delta.shape, float(density), dtype=torch.float32), generator=generator)
+    mask = mask.to(delta.device)
+    plan = Sparse(keep=mask.reshape(-1).bool(), mul_mask=True)
+    if rescale == "l1":
+        kept = delta * mask
+        before, after = delta.abs().sum(), kept.abs().sum()
+        del kept
+        if not (before < 1e-7 or after < 1e-7):
+            plan.scale = before / after
+    elif rescale == "inverse_density":
+        plan.div = density
+    elif rescale != "none":
+        raise ValueError(f"unknown rescale {rescale!r}: use one of {', '.join(RESCALES)}")
+    return plan

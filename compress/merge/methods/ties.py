@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from compress.merge.methods.stream import Sparse, f32, spans
+
 CONSENSUS = ("sum", "count")
 
 
@@ -43,20 +45,46 @@ def merge_deltas(base: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Se
     w = torch.tensor([float(x) for x in weights], dtype=base.dtype, device=base.device).reshape(-1, 1)
     for start in range(0, flat_base.numel(), chunk):
         sl = slice(start, start + chunk)
-        weighted = torch.stack([f[sl] for f in flats]) * w
-        if consensus is not None:
-            s = elect_sign(weighted, consensus)
-            mask = (weighted.sign() == s).to(base.dtype)
-            mixed = (weighted * mask).sum(dim=0)
-            divisor = (w * mask).sum(dim=0)
-            divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-        else:
-            mixed = weighted.sum(dim=0)
-            divisor = w.sum(dim=0)
-            divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
-        if normalize:
-            mixed = mixed / divisor
-        if lam != 1:
-            mixed = mixed * lam
-        torch.add(flat_base[sl], mixed, out=flat_out[sl])
+        flat_out[sl] = _combine(flat_base[sl], [f[sl] for f in flats], w, consensus, normalize, lam)
     return out
+
+
+def merge_sparse(base: torch.Tensor, inputs: Sequence[torch.Tensor], plans: Sequence[Sparse],
+                 weights: Sequence[float], *, consensus: str | None = "sum", normalize: bool = True,
+                 lam: float = 1.0, out_dtype: torch.dtype | None = None,
+                 device: torch.device | None = None) -> torch.Tensor:
+    """`merge_deltas` on δ_i = inputs_i − base sparsified by `plans`, built chunk by chunk.
+
+    Inputs stay in their stored dtype; each chunk of δ_i is formed in fp32, sparsified (the plans
+    hold whole-tensor selections) and combined exactly as `merge_deltas` combines it, and the
+    result chunk is written in `out_dtype`.
+    """
+    dev = device or base.device
+    out = torch.empty(base.shape, dtype=out_dtype or torch.float32)
+    flat_out = out.reshape(-1)
+    w = torch.tensor([float(x) for x in weights], dtype=torch.float32, device=dev).reshape(-1, 1)
+    for sl in spans(base.numel()):
+        b = f32(base, sl, dev)
+        ds = [p.apply(f32(x, sl, dev) - b, sl) for x, p in zip(inputs, plans, strict=True)]
+        flat_out[sl] = _combine(b, ds, w, consensus, normalize, lam).to(out.dtype)
+    return out
+
+
+def _combine(b: torch.Tensor, ds: list[torch.Tensor], w: torch.Tensor, consensus: str | None, normalize: bool,
+             lam: float) -> torch.Tensor:
+    weighted = torch.stack(ds) * w
+    if consensus is not None:
+        s = elect_sign(weighted, consensus)
+        mask = (weighted.sign() == s).to(b.dtype)
+        mixed = (weighted * mask).sum(dim=0)
+        divisor = (w * mask).sum(dim=0)
+        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    else:
+        mixed = weighted.sum(dim=0)
+        divisor = w.sum(dim=0)
+        divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
+    if normalize:
+        mixed = mixed / divisor
+    if lam != 1:
+        mixed = mixed * lam
+    return torch.add(b, mixed)

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from compress.merge.methods.stream import f32, spans
+
 NORMS = ("sum", "softmax")
 ZERO_FALLBACKS = ("pivot", "uniform")
 GRANULARITIES = ("matrix", "layer", "model")
@@ -47,10 +49,19 @@ def varm_weights(stats: Sequence[float], norm: str = "sum", temperature: float =
     return s / total
 
 
-def varm_merge(base: torch.Tensor, tensors: Iterable[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """θ = θ_b + Σ_j W_j (θ_j − θ_b); `tensors` may be a generator (one target resident at a time)."""
-    out = base.clone()
+def varm_merge(base: torch.Tensor, tensors: Iterable[torch.Tensor], weights: torch.Tensor,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """θ = θ_b + Σ_j W_j (θ_j − θ_b); `tensors` may be a generator (one target resident at a time).
+
+    Inputs in any float dtype; accumulated in fp32 chunk by chunk.
+    """
+    out = torch.empty(base.numel(), dtype=torch.float32, device=base.device)
+    for sl in spans(base.numel()):
+        out[sl] = f32(base, sl)
     for t, w in zip(tensors, weights.tolist(), strict=True):
         if w != 0:
-            out.add_(t - base, alpha=w)
-    return out
+            for sl in spans(base.numel()):
+                out[sl].add_(f32(t, sl, out.device) - f32(base, sl, out.device), alpha=w)
+        del t
+    out = out.reshape(base.shape)
+    return out if out_dtype in (None, torch.float32) else out.to(out_dtype)

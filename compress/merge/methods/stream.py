@@ -1,0 +1,75 @@
+"""Chunked evaluation for merge methods: inputs stay in their stored dtype, fp32 only per chunk.
+
+Every method's arithmetic is elementwise apart from a few whole-tensor statistics (top-k
+thresholds, norms, means). Those statistics are computed exactly as on the whole tensor; the
+elementwise part then runs over flat chunks, converting each input chunk to fp32 and writing the
+result chunk straight into the output in its final dtype. Elementwise IEEE arithmetic gives the same
+bits whether it runs over a chunk or the whole tensor, so results equal the whole-tensor formulas
+while a large tensor (the embedding) never exists as N fp32 copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+CHUNK = 1 << 20
+
+
+def spans(numel: int, chunk: int = CHUNK) -> Iterator[slice]:
+    for start in range(0, numel, chunk):
+        yield slice(start, min(numel, start + chunk))
+    if numel == 0:
+        return
+
+
+def f32(t: torch.Tensor, sl: slice, device: torch.device | None = None) -> torch.Tensor:
+    """fp32 copy-or-view of a flat chunk (never modify the result in place: it may alias the input)."""
+    return t.reshape(-1)[sl].to(device=device or t.device, dtype=torch.float32)
+
+
+def full_delta(x: torch.Tensor, base: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """δ = x − base as a new fp32 tensor (built chunk by chunk: no fp32 copy of the inputs)."""
+    dev = device or base.device
+    out = torch.empty(base.numel(), dtype=torch.float32, device=dev)
+    for sl in spans(base.numel()):
+        torch.sub(f32(x, sl, dev), f32(base, sl, dev), out=out[sl])
+    return out.reshape(base.shape)
+
+
+@dataclass
+class Sparse:
+    """How a task vector is sparsified, replayable on any chunk of δ.
+
+    keep: flat bool mask (None: keep all); mul_mask: apply it as δ·mask (DARE) instead of zero-fill;
+    scale: a 0-dim fp32 factor (L1 rescale); div: a divisor (inverse density); dense: a fully
+    materialised sparsified δ (methods whose rescale is per element).
+    """
+
+    keep: torch.Tensor | None = None
+    mul_mask: bool = False
+    scale: torch.Tensor | None = None
+    div: float | None = None
+    dense: torch.Tensor | None = None
+
+    def apply(self, delta: torch.Tensor, sl: slice) -> torch.Tensor:
+        """The sparsified chunk of δ (`delta` is the fp32 chunk, owned by the caller)."""
+        if self.dense is not None:
+            return self.dense.reshape(-1)[sl].clone()
+        if self.keep is not None:
+            k = self.keep[sl]
+            if self.mul_mask:
+                delta = delta * k.to(delta.dtype)
+            else:
+                delta.masked_fill_(~k, 0)
+        if self.scale is not None:
+            delta = delta * self.scale
+        if self.div is not None:
+            delta = delta / self.div
+        return delta
+
+
+def new_output(like: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return torch.empty(like.shape, dtype=dtype or torch.float32, device="cpu" if dtype else like.device)
