@@ -1,12 +1,23 @@
-"""Speed of the BlockPruner search: naive loop vs exact fast search vs lazy search.
+"""Speed and memory of the BlockPruner search: naive loop vs exact fast search vs lazy search vs the
+layer-streamed exact search (`--offload`).
 
     python bench/prune_search.py [--model /work/cache/smollm2] [--blocks 8] [--samples 16] [--seq-len 256]
+                                 [--modes naive,fast,lazy,offload]
 
-Each search runs in its own subprocess (so peak memory is per search: max RSS on CPU, max allocated
-on CUDA) on the same calibration windows (Alpaca-style instruction/output records from
-shared/data/alpaca_eval). Prints a table (wall time, time relative to naive, ratio, final calibration
-ppl, sequence identical to naive?, peak memory) and writes JSON to bench/results/prune_search.json.
-Targets (issue 3): fast <= 0.6x naive with the identical sequence; lazy <= 0.25x naive.
+Each search runs in its own subprocess on the same calibration windows (Alpaca-style
+instruction/output records from shared/data/alpaca_eval). Prints a table (wall time, time relative to
+naive, ratio, final calibration ppl, sequence identical to naive?, peak memory) and writes JSON to
+bench/results/prune_search.json. Memory, per subprocess:
+- CUDA: `torch.cuda.max_memory_allocated()` over the search (weights, activations, streams);
+- CPU: `peak RSS` = the process's ru_maxrss (VmHWM: includes file-backed pages of the memory-mapped
+  safetensors it touched), `peak anon` = the highest RssAnon sampled every 5 ms by a thread (the
+  process's own allocations: weights copied out of the file, activations, streams), both from
+  process start, so including the Python/torch/transformers baseline (`base anon`, measured after
+  the tokenizer and calibration windows, before any weight is read);
+- both: `weights` = the largest parameter bytes on the device at once (the whole model for
+  naive/fast/lazy; for offload the streamer's count: the largest single layer, embedding or head).
+Targets (issue 3): fast <= 0.6x naive with the identical sequence; lazy <= 0.25x naive; offload the
+identical sequence with at most one layer's weights on the device.
 """
 
 from __future__ import annotations
@@ -25,41 +36,100 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("COMPRESS_SHARED", ROOT.parent / "shared")) / "data" / "alpaca_eval" / "model_outputs.json"
 
 
+def _anon_kib() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class AnonPeak:
+    """Samples RssAnon every 5 ms in a thread: the peak of the process's own (anonymous) memory."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = _anon_kib()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _anon_kib())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._t.join()
+        return max(self.peak, _anon_kib()) * 1024
+
+
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from compress.arch import family_for
     from compress.checkpoint.reader import Checkpoint
     from compress.data import load_windows
-    from compress.model import load
+    from compress.model import load_model, load_tokenizer
+    from compress.model.device import parse_device
     from compress.progress import set_quiet
+    from compress.prune.offload import OffloadEvaluator, StreamedRunner, build_skeleton, stored_dtype
     from compress.prune.params import checkpoint_params
+    from compress.prune.run import compute_dtype
     from compress.prune.score import BlockRunner
     from compress.prune.search import FastEvaluator, GreedySearch, NaiveEvaluator, StopRule, block_units
 
     set_quiet(True)
     if args.threads:
         torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    dev = parse_device(args.device)
     ckpt = Checkpoint(args.model)
-    model, tok = load(args.model, args.device, args.dtype)
+    fam = family_for(ckpt.config, ckpt.names())
+    tok = load_tokenizer(args.model)
     windows = load_windows(DATA, tok, args.seq_len, args.samples, args.seed, "instruction,output")
     params = checkpoint_params(ckpt)
-    runner = BlockRunner(model, family_for(ckpt.config, ckpt.names()))
-    units = block_units(runner.n_layers, "mix", set(range(runner.n_positions)), params.blocks)
-    if args.device.startswith("cuda"):
+    base_anon = _anon_kib() * 1024  # imports, tokenizer and calibration windows: before any weight
+    sampler = AnonPeak()
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
+    t_load = time.perf_counter()
+    dtype = compute_dtype(args.dtype, dev)
+    if args.mode == "offload":
+        runner = StreamedRunner(build_skeleton(ckpt, dtype or stored_dtype(ckpt), dev), fam, ckpt, dev)
+    else:
+        model = load_model(args.model, dev, dtype, ckpt=ckpt)
+        runner = BlockRunner(model, fam)
+    load_s = time.perf_counter() - t_load
+    units = block_units(runner.n_layers, "mix", set(range(runner.n_positions)), params.blocks)
+    if args.mode != "offload":
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
     t0 = time.perf_counter()
-    ev = (NaiveEvaluator(runner, windows, args.batch_size) if args.mode == "naive"
-          else FastEvaluator(runner, windows, args.batch_size))
+    search = "fast" if args.mode == "offload" else args.mode
+    if args.mode == "naive":
+        ev = NaiveEvaluator(runner, windows, args.batch_size)
+    elif args.mode == "offload":
+        ev = OffloadEvaluator(runner, windows, args.batch_size)
+    else:
+        ev = FastEvaluator(runner, windows, args.batch_size)
     res = GreedySearch(ev, units, stop=StopRule(blocks=args.blocks), total_params=params.total,
-                       search=args.mode, lazy_m=args.lazy_m, lazy_every=args.lazy_every).run()
+                       search=search, lazy_m=args.lazy_m, lazy_every=args.lazy_every).run()
     wall = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"mode": args.mode, "seconds": wall, "sequence": res.sequence, "ratio": res.steps[-1].ratio,
-            "ppl": res.steps[-1].ppl, "dense_ppl": res.dense_ppl, "tokens": res.tokens,
+    if args.mode == "offload":
+        weights = runner.streamer.peak_bytes
+    mem = {"weights_bytes": weights, "base_anon_bytes": base_anon, "peak_anon_bytes": sampler.stop(),
+           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if cuda:
+        mem["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    peak = mem["cuda_max_allocated_bytes"] if cuda else mem["peak_anon_bytes"]
+    return {"mode": args.mode, "seconds": wall, "load_seconds": load_s, "sequence": res.sequence,
+            "ratio": res.steps[-1].ratio, "ppl": res.steps[-1].ppl, "dense_ppl": res.dense_ppl, "tokens": res.tokens,
             "evaluated": sum(s.evaluated for s in res.steps), "abandoned": sum(s.abandoned for s in res.steps),
-            "could_differ": res.could_differ, "peak_memory_bytes": peak,
+            "could_differ": res.could_differ, "peak_memory_bytes": peak, "memory": mem,
+            "peak_memory_measure": "cuda max_memory_allocated" if cuda else "sampled peak RssAnon of the process",
             "steps": [{"unit": s.unit, "ppl": s.ppl, "ratio": s.ratio, "seconds": s.seconds} for s in res.steps]}
 
 
@@ -84,7 +154,12 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     runs = {}
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--modes")]
+    passthrough, skip = [], False
+    for a in sys.argv[1:]:  # everything but --modes (as "--modes X" or "--modes=X")
+        if skip or a.startswith("--modes"):
+            skip = a == "--modes" and not skip
+            continue
+        passthrough.append(a)
     for mode in args.modes.split(","):
         print(f"running {mode} ...", file=sys.stderr, flush=True)
         out = subprocess.run([sys.executable, __file__, *passthrough, "--mode", mode], capture_output=True, text=True,
@@ -95,14 +170,24 @@ def main() -> None:
     base = runs.get("naive")
     print(f"\nBlockPruner search, {Path(args.model).name}, {args.blocks} blocks, {args.samples} windows x "
           f"{args.seq_len} tokens, {args.device} {args.dtype}")
+    cuda = args.device.startswith("cuda")
+    mem_cols = ("cuda MB",) if cuda else ("peak RSS", "peak anon", "base anon")
     print(f"{'search':<8}{'seconds':>10}{'x naive':>9}{'ratio %':>9}{'calib ppl':>11}{'identical':>11}"
-          f"{'scored':>8}{'abandoned':>10}{'peak MB':>9}")
+          f"{'scored':>8}{'abandoned':>10}{'weights MB':>11}" + "".join(f"{c:>11}" for c in mem_cols))
+    mb = 2.0 ** 20
     for mode, r in runs.items():
         rel = r["seconds"] / base["seconds"] if base else float("nan")
         same = (r["sequence"] == base["sequence"]) if base else None
         r["x_naive"], r["identical_to_naive"] = rel, same
+        m = r["memory"]
+        mem = ((m["cuda_max_allocated_bytes"],) if cuda
+               else (m["peak_rss_bytes"], m["peak_anon_bytes"], m["base_anon_bytes"]))
         print(f"{mode:<8}{r['seconds']:>10.1f}{rel:>9.2f}{100 * r['ratio']:>9.2f}{r['ppl']:>11.3f}{str(same):>11}"
-              f"{r['evaluated']:>8}{r['abandoned']:>10}{r['peak_memory_bytes'] / 2**20:>9.0f}")
+              f"{r['evaluated']:>8}{r['abandoned']:>10}{m['weights_bytes'] / mb:>11.1f}"
+              + "".join(f"{v / mb:>11.0f}" for v in mem))
+    print("memory in MB; weights: the most parameter bytes on the device at once; " +
+          ("cuda: torch.cuda.max_memory_allocated" if cuda else
+           "peak RSS: ru_maxrss (incl. mmapped file pages); peak anon: sampled RssAnon; base anon: before loading"))
     for mode, r in runs.items():
         print(f"  {mode}: {' > '.join(r['sequence'])}" + (f"  (could differ at steps {r['could_differ']})"
                                                           if r["could_differ"] else ""))

@@ -104,6 +104,23 @@ def _params(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
     return out
 
 
+_LIBC: list = []
+
+
+def _trim() -> None:
+    """Give freed heap memory back to the OS (glibc keeps freed layer weights otherwise: the process
+    would hold as much host memory as if every layer stayed loaded)."""
+    if not _LIBC:
+        try:
+            import ctypes
+
+            _LIBC.append(ctypes.CDLL("libc.so.6").malloc_trim)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    if _LIBC[0] is not None:
+        _LIBC[0](0)
+
+
 class WeightStreamer:
     """Puts one module's parameters on the device from the checkpoint, and takes them off again.
 
@@ -150,6 +167,8 @@ class WeightStreamer:
             owner._parameters[leaf] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"),
                                                    requires_grad=False)
         self.resident.pop(prefix, None)
+        if self.device.type == "cpu":
+            _trim()
 
     @contextmanager
     def loaded(self, *items: tuple[nn.Module, str]) -> Iterator[None]:
