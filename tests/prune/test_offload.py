@@ -224,3 +224,19 @@ def test_offload_bad_options(tmp_path, capsys, tiny_models, args, message):
     code, _, err = cli(capsys, tiny_models["llama"], "-o", tmp_path / "out", "--blocks", 1, "--offload", *args)
     assert code == 1 and message in err.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_offload_shortgpt(tmp_path, capsys, smollm2):
+    """The real model (tied embeddings, bf16 on disk, fp32 compute), streamed: ShortGPT's block
+    influence, the per-step perplexities and the written checkpoint equal the in-memory run's."""
+    args = ("--method", "shortgpt", "--blocks", 2, "--data", Path(CAL[1]), "--seq-len", 32, "--samples", 2)
+    ref = prune_json(capsys, smollm2, "-o", tmp_path / "ref", *args)
+    got = prune_json(capsys, smollm2, "-o", tmp_path / "off", "--offload", *args)
+    assert got["sequence"] == ref["sequence"]
+    assert [s["ppl"] for s in got["steps"]] == pytest.approx([s["ppl"] for s in ref["steps"]], rel=1e-5)
+    keys = sorted(ref["block_influence"])
+    assert [got["block_influence"][k] for k in keys] == pytest.approx([ref["block_influence"][k] for k in keys],
+                                                                      rel=1e-4)
+    assert got["offload"]["peak_weight_bytes"] == 49152 * 576 * 4 + 576 * 4  # fp32 head (tied) + final norm
+    assert calib_ppl(Path(got["output"]), 32, 2) == pytest.approx(got["ppl"], rel=1e-4)
