@@ -32,6 +32,7 @@ from compress.checkpoint.reader import read_safetensors_header
 from compress.checkpoint.writer import DEFAULT_MAX_SHARD
 from compress.errors import CompressError
 from compress.merge.methods import Job, Method, get_method
+from compress.merge.methods.stream import tune_malloc
 from compress.merge.methods.varm import squared_change, varm_weights
 from compress.merge.recipe import Recipe, evaluate_setting, setting_leaves
 from compress.merge.vocab import (
@@ -689,6 +690,7 @@ def execute(plan: MergePlan, output: str | os.PathLike[str], *, device: str = "c
 
     dev = parse_device(device)
     check_output(output, plan.models, force)
+    tune_malloc()
     threads = threads or min(4, max(2, os.cpu_count() or 2))
     loader = _Loader(plan, dev)
     start = time.perf_counter()

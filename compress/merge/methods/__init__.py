@@ -57,6 +57,10 @@ class Job:
     out_dtype: torch.dtype | None = None  # the result's dtype (None: fp32); arithmetic is fp32 per chunk
     device: torch.device | None = None  # where the arithmetic runs (None: the inputs' device)
 
+    def get(self, i: int) -> torch.Tensor:
+        """Model i's tensor (read again on each call for lazy methods: nothing is kept in between)."""
+        return self.tensors[i] if self.load is None else self.load(i)
+
     def inputs(self) -> Iterator[torch.Tensor]:
         """The non-base tensors, one at a time (read on demand for lazy methods)."""
         if self.load is None:
@@ -166,8 +170,10 @@ def _gta(sparsifier: str | None, consensus: str | None) -> Callable[[Job], torch
             return _gta_streaming(job, sparsifier, rescale)
         if not job.model_params:
             return job.base.to(job.out_dtype or torch.float32)
-        plans = [_plan(job, i, x, sparsifier, rescale) for i, x in enumerate(job.tensors)]
-        return merge_sparse(job.base, job.tensors, plans, [p["weight"] for p in job.model_params],
+        # Selections first, one model at a time (its input read, δ formed, input dropped), so the
+        # whole-tensor sort never coexists with the other models' inputs; then the combine reads all.
+        plans = [_plan(job, i, job.get(i), sparsifier, rescale) for i in range(len(job.model_params))]
+        return merge_sparse(job.base, [job.get(i) for i in range(len(plans))], plans, [p["weight"] for p in job.model_params],
                             consensus=consensus, normalize=job.params["normalize"], lam=job.params["lambda"],
                             out_dtype=job.out_dtype, device=job.device)
     return run
@@ -206,9 +212,13 @@ def _gta_streaming(job: Job, sparsifier: str | None, rescale: str) -> torch.Tens
     assert base is not None
     dev = job.device or base.device
     weights = [float(p["weight"]) for p in job.model_params]
+    n = len(weights)
+    # Sparsifier selections before the accumulator exists (each needs a full δ and a sort).
+    plans = [_plan(job, i, job.get(i), sparsifier, rescale) for i in range(n)] if sparsifier else \
+        [sparsify.Sparse()] * n
     mixed: torch.Tensor | None = None
-    for i, x in enumerate(job.inputs()):
-        plan = _plan(job, i, x, sparsifier, rescale)
+    for i in range(n):
+        x, plan = job.get(i), plans[i]
         first = mixed is None
         if mixed is None:
             mixed = torch.empty(base.numel(), dtype=torch.float32, device=dev)
@@ -219,6 +229,7 @@ def _gta_streaming(job: Job, sparsifier: str | None, rescale: str) -> torch.Tens
                 mixed[sl] = d
             else:
                 mixed[sl].add_(d)
+        plans[i] = sparsify.Sparse()  # drop the mask
         del plan, x
     if mixed is None:
         return base.to(job.out_dtype or torch.float32)
@@ -259,7 +270,7 @@ def _gta_method(name: str, sparsifier: str | None, consensus: str | None, normal
     if sparsifier:
         shared["rescale"] = Param(rescale, object, _rescale_check)
     return Method(name, _gta(sparsifier, consensus), per_model, shared, random=sparsifier in ("dare", "della"),
-                  lazy=consensus is None, summary=summary)
+                  lazy=True, summary=summary)
 
 
 METHODS: dict[str, Method] = {

@@ -39,10 +39,11 @@ def model_stock_t(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wi
         flat_b = rows.reshape(-1)
         flats = [v.reshape(-1) for v in views]
         for s in range(0, flat_b.numel(), chunk):
-            offs = [f[s:s + chunk].float() - flat_b[s:s + chunk].float() for f in flats]
+            b = flat_b[s:s + chunk].float()
+            offs = [(f[s:s + chunk].float() - b).double() for f in flats]  # each converted once
             for i in range(n):
                 for j in range(i, n):
-                    gram[i, j, 0] += float((offs[i].double() * offs[j].double()).sum())
+                    gram[i, j, 0] += float((offs[i] * offs[j]).sum())
     cos = []
     for i in range(n):
         for j in range(i + 1, n):
@@ -76,7 +77,7 @@ def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise
     tt = t.reshape(()) if t.numel() == 1 else t.reshape(-1, 1)
     for r in range(0, rows_b.shape[0], step):
         sl = slice(r, r + step)
-        avg = views[0][sl].float().clone()
+        avg = views[0][sl].to(torch.float32, copy=True)
         for x in views[1:]:
             avg.add_(x[sl].float())
         avg.div_(len(tensors))

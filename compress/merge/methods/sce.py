@@ -68,7 +68,7 @@ def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float = 1.0, 
         d = full_delta(x, base, dev).reshape(-1)
         if not full:
             d.mul_(mask)
-        stats.append(d.square().mean())
+        stats.append(d.square_().mean())  # in place: same values, same reduction, no second copy
         del d
     stat = torch.stack(stats)
     threshold = 1e-6 if mask_deltas else 0.0
