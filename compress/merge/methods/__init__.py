@@ -21,7 +21,7 @@ from compress.merge.methods.linear import linear
 from compress.merge.methods.model_stock import model_stock
 from compress.merge.methods.sce import sce
 from compress.merge.methods.slerp import slerp
-from compress.merge.methods.stream import f32, full_delta, spans
+from compress.merge.methods.stream import Lazy, f32, full_delta, spans
 from compress.merge.methods.ties import merge_sparse
 from compress.merge.methods.varm import GRANULARITIES, NORMS, ZERO_FALLBACKS, varm_merge
 
@@ -193,7 +193,8 @@ def _model_stock(job: Job) -> torch.Tensor:
 
 def _sce(job: Job) -> torch.Tensor:
     assert job.base is not None
-    return sce(job.base, job.tensors, job.params["select_topk"], job.params["sce_mask_deltas"],
+    inputs = job.tensors if job.load is None else Lazy(len(job.model_params), job.get)
+    return sce(job.base, inputs, job.params["select_topk"], job.params["sce_mask_deltas"],
                out_dtype=job.out_dtype, device=job.device)
 
 
@@ -294,7 +295,7 @@ METHODS: dict[str, Method] = {
                                                             "clamp_t": Param(False, bool)},
                           min_models=2, summary="Model Stock interpolation toward the mean"),
     "sce": Method("sce", _sce, {}, {"select_topk": Param(1.0, float, _nonneg), "int8_mask": INT8,
-                                    "sce_mask_deltas": Param(True, bool)},
+                                    "sce_mask_deltas": Param(True, bool)}, lazy=True,
                   summary="select by variance, weight by energy, erase minority signs"),
     "varm": Method("varm", _varm, {}, {"granularity": Param("matrix", str, _choice(GRANULARITIES)),
                                        "norm": Param("sum", str, _choice(NORMS)),

@@ -55,6 +55,7 @@ def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float = 1.0, 
 
     Inputs may be in any float dtype and are not modified (`inplace` is accepted for compatibility);
     δ_j is formed in fp32 per chunk, and in full only one model at a time for its η statistic.
+    `tensors` may be a `stream.Lazy` (read on each access) so that inputs are not held throughout.
     """
     del inplace
     dev = device or base.device
@@ -64,8 +65,8 @@ def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float = 1.0, 
     mask = _select(base, tensors, topk, dev)
     full = mask is None
     stats = []
-    for x in tensors:  # η_j: mean((M⊙δ_j)²) over the whole tensor, exactly as on the stacked deltas
-        d = full_delta(x, base, dev).reshape(-1)
+    for j in range(len(tensors)):  # η_j: mean((M⊙δ_j)²) over the whole tensor, exactly as on the stacked deltas
+        d = full_delta(tensors[j], base, dev).reshape(-1)
         if not full:
             d.mul_(mask)
         stats.append(d.square_().mean())  # in place: same values, same reduction, no second copy
@@ -77,9 +78,10 @@ def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float = 1.0, 
     out = torch.empty(base.shape, dtype=out_dtype or torch.float32)
     flat_out = out.reshape(-1)
     eta_col = eta.reshape(-1, 1)
+    xs = [tensors[j] for j in range(len(tensors))]
     for sl in spans(numel):
         b = f32(base, sl, dev)
-        ds = [f32(x, sl, dev) - b for x in tensors]
+        ds = [f32(x, sl, dev) - b for x in xs]
         if mask_deltas and not full:
             for d in ds:
                 d.mul_(mask[sl])
@@ -93,18 +95,28 @@ def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float = 1.0, 
 
 
 def _select(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float, dev: torch.device) -> torch.Tensor | None:
-    """`sce_select` on δ_j = tensors_j − base, variance formed chunk by chunk; None = everything kept."""
+    """`sce_select` on δ_j = tensors_j − base; None = everything kept.
+
+    The variance is formed chunk by chunk; with lazily read inputs (see `stream.Lazy`) they are
+    released before the top-k, which is the memory peak.
+    """
     if topk >= 1:
         return None
     numel = base.numel()
     mask = torch.zeros(numel, dtype=torch.bool, device=dev)
     if topk <= 0:
         return mask
-    var = torch.empty(numel, dtype=torch.float32, device=dev)
-    for sl in spans(numel):
-        b = f32(base, sl, dev)
-        var[sl] = torch.stack([f32(x, sl, dev) - b for x in tensors]).var(dim=0, unbiased=False)
+    var = _variance(base, tensors, dev)
     k = int(int(torch.count_nonzero(var)) * topk)
     if k > 0:
         mask[torch.topk(var.abs_(), k, largest=True).indices] = True
     return mask
+
+
+def _variance(base: torch.Tensor, tensors: Sequence[torch.Tensor], dev: torch.device) -> torch.Tensor:
+    xs = [tensors[i] for i in range(len(tensors))]
+    var = torch.empty(base.numel(), dtype=torch.float32, device=dev)
+    for sl in spans(base.numel()):
+        b = f32(base, sl, dev)
+        var[sl] = torch.stack([f32(x, sl, dev) - b for x in xs]).var(dim=0, unbiased=False)
+    return var

@@ -11,7 +11,7 @@ while a large tensor (the embedding) never exists as N fp32 copies.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,5 +85,18 @@ class Sparse:
         return delta
 
 
-def new_output(like: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    return torch.empty(like.shape, dtype=dtype or torch.float32, device="cpu" if dtype else like.device)
+class Lazy(Sequence):
+    """A sequence whose items are read on each access (nothing cached): `Lazy(n, load)`."""
+
+    def __init__(self, n: int, load: Callable[[int], torch.Tensor]):
+        self._n, self._load = n, load
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._load(j) for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return self._load(i % self._n)
