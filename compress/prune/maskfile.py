@@ -142,6 +142,15 @@ def inspect_mask(path: str | os.PathLike[str], base_inspect) -> dict[str, Any]:
         has_a, has_m = has_a and kind != "attn", has_m and kind != "mlp"
         block_map[i] = "B" if has_a and has_m else "A" if has_a else "M" if has_m else "."
     n_attn = sum(1 for _, k in removed if k == "attn")
+    from compress.arch import block_of, family_for, kind_of
+
+    ckpt = Checkpoint(base)
+    fam = family_for(ckpt.config, ckpt.names())
+    by_kind = dict(out["parameters_by_kind"])
+    gone = set(removed)
+    for t in ckpt.infos():
+        if block_of(fam, t.name) in gone:
+            by_kind[kind_of(fam, t.name)] -= t.numel
     out.update({
         "path": str(Path(path)),
         "format": "mask",
@@ -149,6 +158,7 @@ def inspect_mask(path: str | os.PathLike[str], base_inspect) -> dict[str, Any]:
         "pruned": True,
         "removed_blocks": [[i, k] for i, k in removed],
         "parameters": out["parameters"] - params.removed(removed),
+        "parameters_by_kind": by_kind,
         "blocks": {"attn": out["blocks"]["attn"] - n_attn, "mlp": out["blocks"]["mlp"] - (len(removed) - n_attn),
                    "total": out["blocks"]["total"] - len(removed)},
         "block_map": "".join(block_map),

@@ -60,7 +60,7 @@ def test_mask_export_loads_like_masked_and_physical(tmp_path, capsys, tiny_model
 
     info = run_json(capsys, "inspect", out, "--json")
     assert info["pruned"] and info["format"] == "mask" and info["parameters"] == n_params(phys)
-    assert info["blocks"]["total"] == 8 - 3
+    assert info["blocks"]["total"] == 8 - 3 and sum(info["parameters_by_kind"].values()) == info["parameters"]
     ppl_mask = run_json(capsys, "eval", "ppl", out, "--data", WIKI_VALID, "--seq-len", 32, "--max-windows", 3,
                         "--dtype", "fp32", "--json")
     ppl_phys = run_json(capsys, "eval", "ppl", phys, "--data", WIKI_VALID, "--seq-len", 32, "--max-windows", 3,
