@@ -142,14 +142,19 @@ def _linear(job: Job) -> torch.Tensor:
                   out_dtype=job.out_dtype, device=job.device)
 
 
-def _plan(job: Job, i: int, x: torch.Tensor, sparsifier: str | None, rescale: str) -> sparsify.Sparse:
-    """Model i's sparsification of δ_i = x − base (full δ only while its mask is chosen)."""
+def _plan(job: Job, i: int, sparsifier: str | None, rescale: str) -> sparsify.Sparse:
+    """Model i's sparsification of δ_i = x_i − base (full δ only while its mask is chosen).
+
+    x_i is read here and released before the selection's sort (the memory peak).
+    """
     assert job.base is not None
     p = job.model_params[i]
     rho = p.get("density", 1.0)
     if sparsifier is None or rho >= 1:
         return sparsify.Sparse()
+    x = job.get(i)
     d = full_delta(x, job.base, job.device)
+    del x
     if sparsifier == "magnitude":
         return sparsify.magnitude_plan(d, rho, rescale)
     if sparsifier == "dare":
@@ -172,7 +177,7 @@ def _gta(sparsifier: str | None, consensus: str | None) -> Callable[[Job], torch
             return job.base.to(job.out_dtype or torch.float32)
         # Selections first, one model at a time (its input read, δ formed, input dropped), so the
         # whole-tensor sort never coexists with the other models' inputs; then the combine reads all.
-        plans = [_plan(job, i, job.get(i), sparsifier, rescale) for i in range(len(job.model_params))]
+        plans = [_plan(job, i, sparsifier, rescale) for i in range(len(job.model_params))]
         return merge_sparse(job.base, [job.get(i) for i in range(len(plans))], plans, [p["weight"] for p in job.model_params],
                             consensus=consensus, normalize=job.params["normalize"], lam=job.params["lambda"],
                             out_dtype=job.out_dtype, device=job.device)
@@ -215,7 +220,7 @@ def _gta_streaming(job: Job, sparsifier: str | None, rescale: str) -> torch.Tens
     weights = [float(p["weight"]) for p in job.model_params]
     n = len(weights)
     # Sparsifier selections before the accumulator exists (each needs a full δ and a sort).
-    plans = [_plan(job, i, job.get(i), sparsifier, rescale) for i in range(n)] if sparsifier else \
+    plans = [_plan(job, i, sparsifier, rescale) for i in range(n)] if sparsifier else \
         [sparsify.Sparse()] * n
     mixed: torch.Tensor | None = None
     for i in range(n):

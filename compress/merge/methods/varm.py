@@ -26,9 +26,13 @@ GRANULARITIES = ("matrix", "layer", "model")
 
 
 def squared_change(base: torch.Tensor, tensor: torch.Tensor) -> tuple[float, int]:
-    """(Σ Δθ², numel) of one tensor against the pivot, accumulated in fp64."""
-    d = tensor.double() - base.double()
-    return float((d * d).sum()), d.numel()
+    """(Σ Δθ², numel) of one tensor against the pivot, accumulated in fp64 over 1M-element chunks."""
+    a, b = tensor.reshape(-1), base.reshape(-1)
+    total = 0.0
+    for sl in spans(a.numel(), 1 << 20):
+        d = a[sl].double() - b[sl].double()
+        total += float(d.square_().sum())
+    return total, a.numel()
 
 
 def varm_weights(stats: Sequence[float], norm: str = "sum", temperature: float = 1.0,
