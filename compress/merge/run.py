@@ -607,13 +607,19 @@ class _Loader:
         self.device = device
         self._defaults: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
+        self._checked: set[tuple[int, str]] = set()
 
     def _check(self, t: torch.Tensor, src: Source) -> None:
         # One reduction instead of an elementwise isfinite pass: a NaN/Inf anywhere makes the sum
-        # non-finite (an overflowing sum of finite values is re-checked exactly).
+        # non-finite (an overflowing sum of finite values is re-checked exactly). Once per input
+        # tensor (methods that read an input twice do not pay twice).
+        key = (src.model, src.name)
+        if key in self._checked:
+            return
         if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
             raise CompressError(f"tensor {src.name!r} in {self.paths[src.model]} contains NaN or Inf: "
                                 f"fix or re-export that model before merging")
+        self._checked.add(key)
 
     def defaults(self, task: TensorTask) -> torch.Tensor:
         """The default rows of a vocabulary tensor (tokens some model lacks), computed once per tensor."""

@@ -53,32 +53,6 @@ def full_delta(x: torch.Tensor, base: torch.Tensor, device: torch.device | None 
     return out.reshape(base.shape)
 
 
-_BITS = 1 << torch.arange(8, dtype=torch.uint8)
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """Flat bool mask -> uint8, 8 entries per byte (entry j in bit j % 8 of byte j // 8)."""
-    flat = mask.reshape(-1)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    out = torch.zeros(flat.numel() // 8, dtype=torch.uint8, device=flat.device)
-    bits = _BITS.to(flat.device)
-    for start in range(0, out.numel(), 1 << 20):  # in chunks: no full-size temporaries
-        blk = flat[start * 8:(start + (1 << 20)) * 8].reshape(-1, 8).to(torch.uint8)
-        out[start:start + blk.shape[0]] = (blk * bits).sum(dim=1, dtype=torch.uint8)
-    return out
-
-
-def unpack_bits(packed: torch.Tensor, sl: slice) -> torch.Tensor:
-    """The bool entries [sl.start, sl.stop) of a mask packed by `pack_bits`."""
-    lo, hi = sl.start, sl.stop
-    b0, b1 = lo // 8, (hi + 7) // 8
-    bits = _BITS.to(packed.device)
-    full = (packed[b0:b1].unsqueeze(1) & bits).ne(0).reshape(-1)
-    return full[lo - b0 * 8:hi - b0 * 8]
-
-
 @dataclass
 class Sparse:
     """How a task vector is sparsified, replayable on any chunk of δ.
@@ -94,16 +68,12 @@ class Sparse:
     div: float | None = None
     dense: torch.Tensor | None = None
 
-    def __post_init__(self) -> None:
-        if self.keep is not None:  # 1 bit per entry while the plan waits for the combine
-            self.keep = pack_bits(self.keep)
-
     def apply(self, delta: torch.Tensor, sl: slice) -> torch.Tensor:
         """The sparsified chunk of δ (`delta` is the fp32 chunk, owned by the caller)."""
         if self.dense is not None:
             return self.dense.reshape(-1)[sl].clone()
         if self.keep is not None:
-            k = unpack_bits(self.keep, sl)
+            k = self.keep[sl]
             if self.mul_mask:
                 delta = delta * k.to(delta.dtype)
             else:
