@@ -317,3 +317,56 @@ def test_magnitude_inplace_same_selection_with_ties():
     want = sp.magnitude(d.clone(), 0.4)
     assert int((want != 0).sum()) == 8000
     torch.testing.assert_close(sp.magnitude(d.clone(), 0.4, inplace=True), want, rtol=0, atol=0)
+
+
+# ---- chunked evaluation on stored-dtype inputs --------------------------------------------------
+def test_bf16_inputs_tiny_chunks_match_fp32_formulas(monkeypatch):
+    """Inputs stay bf16 and every method works over 7-element chunks: same values as the formulas on
+    the fp32 upcast of the inputs (chunk boundaries fall inside rows and inside masks)."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["compress.merge.methods.stream"], "CHUNK", 7)
+    base = distinct(60, seed=1).reshape(6, 10).bfloat16()
+    models = [(base.float() + distinct(60, seed=2 + i).reshape(6, 10) * 0.5).bfloat16() for i in range(3)]
+    b32, m32 = base.float(), [m.float() for m in models]
+    w = [0.3, 0.5, 0.2]
+    # TIES, density 0.5: keep the 30 largest |δ| per model (distinct: no ties), elect, disjoint mean
+    trimmed = []
+    for m in m32:
+        d = (m - b32).numpy().ravel()
+        keep = np.argsort(-np.abs(d), kind="stable")[:30]
+        t = np.zeros_like(d)
+        t[keep] = d[keep]
+        trimmed.append(torch.from_numpy(t.reshape(6, 10)))
+    job = Job("x", base, list(models), [{"weight": x, "density": 0.5} for x in w],
+              {"normalize": True, "lambda": 1.0, "rescale": False, "int8_mask": False})
+    got = get_method("ties").merge(job)
+    np.testing.assert_allclose(got.numpy(), ties_reference(b32, trimmed, w), rtol=1e-5, atol=1e-6)
+    assert all(m.dtype == torch.bfloat16 for m in models)  # inputs untouched
+    # breadcrumbs (no consensus): ranks [n_bot, numel − n_top) of |δ| ascending, task arithmetic
+    job = Job("x", base, [], [{"weight": x, "density": 0.8, "gamma": 0.1} for x in w],
+              {"normalize": False, "lambda": 1.0, "rescale": False, "int8_mask": False}, load=lambda i: models[i])
+    want = b32.clone()
+    for x, m in zip(w, m32, strict=True):
+        d = (m - b32).numpy().ravel()
+        ranks = np.argsort(np.argsort(np.abs(d)))
+        keep = (ranks >= 60 - 48 - 6) & (ranks < 60 - 6)
+        want += x * torch.from_numpy(np.where(keep, d, 0).reshape(6, 10))
+    np.testing.assert_allclose(get_method("breadcrumbs").merge(job).numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    # linear, written in bf16
+    job = Job("x", None, [], [{"weight": x} for x in w], {"normalize": True}, load=lambda i: models[i],
+              out_dtype=torch.bfloat16)
+    got = get_method("linear").merge(job)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, (sum(x * m for x, m in zip(w, m32, strict=True)) / sum(w)).bfloat16())
+    # slerp and model stock against their formulas on the upcast inputs
+    an, bn = b32.numpy().ravel().astype(np.float64), m32[0].numpy().ravel().astype(np.float64)
+    om = math.acos(float(an @ bn / np.linalg.norm(an) / np.linalg.norm(bn)))
+    want = (math.sin(0.6 * om) * an + math.sin(0.4 * om) * bn) / math.sin(om)
+    np.testing.assert_allclose(slerp(0.4, base, models[0]).numpy().ravel(), want, rtol=1e-5, atol=1e-6)
+    ds = [(m - b32).numpy().ravel().astype(np.float64) for m in m32]
+    cos = [ds[i] @ ds[j] / np.linalg.norm(ds[i]) / np.linalg.norm(ds[j]) for i in range(3) for j in range(i + 1, 3)]
+    c = float(np.mean(cos))
+    t = 3 * c / (1 + 2 * c)
+    want = t * np.mean([m.numpy() for m in m32], axis=0) + (1 - t) * b32.numpy()
+    np.testing.assert_allclose(model_stock(base, models).numpy(), want, rtol=1e-4, atol=1e-5)
