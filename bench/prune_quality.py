@@ -159,16 +159,28 @@ def main() -> None:
         ev = (NaiveEvaluator(runner, calib, args.batch_size) if args.search == "naive"
               else FastEvaluator(runner, calib, args.batch_size))
 
-        def on_step(g, method=method):
+        state_file = out.with_name(f"{out.stem}.{method}.state.json")
+
+        def on_step(g, method=method, state_file=state_file):
             s = g.steps[-1]
             info(f"{method} step {s.step}: {s.unit} ratio {100 * s.ratio:.2f}% calib ppl {s.ppl:.2f} ({s.seconds:.0f}s)")
+            tmp = state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"calibration_tokens": tokens, "search": args.search, "state": g.state()}))
+            tmp.replace(state_file)
 
         set_quiet(False)
-        res = GreedySearch(ev, units, stop=StopRule(ratio=ratios[-1]), total_params=params.total,
-                           criterion=criterion, search=args.search, fixed_order=fixed, on_step=on_step).run()
+        g = GreedySearch(ev, units, stop=StopRule(ratio=ratios[-1]), total_params=params.total,
+                         criterion=criterion, search=args.search, fixed_order=fixed, on_step=on_step)
+        if args.resume and state_file.exists():  # a search interrupted between steps goes on from there
+            saved = json.loads(state_file.read_text())
+            if saved["calibration_tokens"] == tokens and saved["search"] == args.search:
+                g.restore(saved["state"])
+                print(f"{method}: resumed after step {len(g.steps)} from {state_file}", flush=True)
+        setup = time.perf_counter() - t0  # ShortGPT's ranking pass, the fast search's first cache
+        res = g.run()
         set_quiet(True)
         ev.close()
-        seconds = time.perf_counter() - t0
+        seconds = setup + res.seconds  # all steps, across resumed runs
         for r in ratios:
             chosen = select_prefix(res.steps, StopRule(ratio=r))
             removed = [b for s in chosen for b in s.blocks]
