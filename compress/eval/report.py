@@ -12,7 +12,16 @@ from compress.checkpoint.reader import Checkpoint
 
 
 def model_hash(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """sha256 of every weight file and of config.json, and one sha256 over those (sorted by name)."""
+    """sha256 of every weight file and of config.json, and one sha256 over those (sorted by name).
+
+    A `--export mask` folder holds no weights: its hash covers pruning.json (which records the base's
+    own weights hash, checked whenever the folder is loaded) instead.
+    """
+    from compress.prune.maskfile import MASK_FILE, is_mask_folder
+
+    if is_mask_folder(path):
+        digest = hashlib.sha256((Path(path) / MASK_FILE).read_bytes()).hexdigest()
+        return {"sha256": hashlib.sha256(f"{MASK_FILE}\0{digest}\n".encode()).hexdigest(), "files": {MASK_FILE: digest}}
     ckpt = Checkpoint(path)
     files = sorted({Path(f) for f in ckpt.files()} | ({Path(path) / "config.json"} if (Path(path) / "config.json").is_file() else set()))
     per: dict[str, str] = {}

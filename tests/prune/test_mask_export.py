@@ -6,6 +6,7 @@ and the physical export of the same removals.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import compress
 from compress.cli import main
 from compress.errors import CompressError
 from compress.model.load import load, load_model
@@ -66,6 +68,10 @@ def test_mask_export_loads_like_masked_and_physical(tmp_path, capsys, tiny_model
     ppl_phys = run_json(capsys, "eval", "ppl", phys, "--data", WIKI_VALID, "--seq-len", 32, "--max-windows", 3,
                         "--dtype", "fp32", "--json")
     assert ppl_mask["ppl"] == pytest.approx(ppl_phys["ppl"], rel=1e-5)
+    res = compress.evaluate([out, src], ["ppl"], data=WIKI_VALID, seq_len=32, max_windows=2, dtype="fp32")
+    h_mask, h_base = (m["hash"] for m in res["models"])  # model hashes: a mask folder has no weight file
+    assert h_mask["files"] == {"pruning.json": hashlib.sha256((out / "pruning.json").read_bytes()).hexdigest()}
+    assert h_mask["sha256"] != h_base["sha256"] and h_base["sha256"] == pj["base"]["weights_sha256"]
 
 
 def test_mask_refuses_a_changed_or_moved_base(tmp_path, capsys, tiny_models):
