@@ -2,9 +2,9 @@
 layer-streamed exact search (`--offload`).
 
     python bench/prune_search.py [--model /work/cache/smollm2] [--blocks 8] [--samples 16] [--seq-len 256]
-                                 [--modes naive,fast,lazy,offload]
+                                 [--modes naive,fast,lazy,offload] [--parallel 2 --threads 1]
 
-Each search runs in its own subprocess on the same calibration windows (Alpaca-style
+Each search runs in its own subprocess (--parallel N of them at a time) on the same calibration windows (Alpaca-style
 instruction/output records from shared/data/alpaca_eval). Prints a table (wall time, time relative to
 naive, ratio, final calibration ppl, sequence identical to naive?, peak memory) and writes JSON to
 bench/results/prune_search.json. Memory, per subprocess:
@@ -16,6 +16,9 @@ bench/results/prune_search.json. Memory, per subprocess:
   the tokenizer and calibration windows, before any weight is read);
 - both: `weights` = the largest parameter bytes on the device at once (the whole model for
   naive/fast/lazy; for offload the streamer's count: the largest single layer, embedding or head).
+Time: wall seconds of the search, and its CPU seconds (process user + system time, all threads). On
+a shared or busy machine, or with --parallel, compare CPU seconds with --threads 1: they count the
+work done, not the waiting.
 Targets (issue 3): fast <= 0.6x naive with the identical sequence; lazy <= 0.25x naive; offload the
 identical sequence with at most one layer's weights on the device.
 """
@@ -29,6 +32,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,7 +111,7 @@ def worker(args: argparse.Namespace) -> dict:
     units = block_units(runner.n_layers, "mix", set(range(runner.n_positions)), params.blocks)
     if args.mode != "offload":
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     search = "fast" if args.mode == "offload" else args.mode
     if args.mode == "naive":
         ev = NaiveEvaluator(runner, windows, args.batch_size)
@@ -117,7 +121,7 @@ def worker(args: argparse.Namespace) -> dict:
         ev = FastEvaluator(runner, windows, args.batch_size)
     res = GreedySearch(ev, units, stop=StopRule(blocks=args.blocks), total_params=params.total,
                        search=search, lazy_m=args.lazy_m, lazy_every=args.lazy_every).run()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if args.mode == "offload":
         weights = runner.streamer.peak_bytes
     mem = {"weights_bytes": weights, "base_anon_bytes": base_anon, "peak_anon_bytes": sampler.stop(),
@@ -125,7 +129,7 @@ def worker(args: argparse.Namespace) -> dict:
     if cuda:
         mem["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
     peak = mem["cuda_max_allocated_bytes"] if cuda else mem["peak_anon_bytes"]
-    return {"mode": args.mode, "seconds": wall, "load_seconds": load_s, "sequence": res.sequence,
+    return {"mode": args.mode, "seconds": wall, "cpu_seconds": cpu, "load_seconds": load_s, "sequence": res.sequence,
             "ratio": res.steps[-1].ratio, "ppl": res.steps[-1].ppl, "dense_ppl": res.dense_ppl, "tokens": res.tokens,
             "evaluated": sum(s.evaluated for s in res.steps), "abandoned": sum(s.abandoned for s in res.steps),
             "could_differ": res.could_differ, "peak_memory_bytes": peak, "memory": mem,
@@ -146,7 +150,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--modes", default="naive,fast,lazy")
+    ap.add_argument("--modes", default="naive,fast,lazy,offload")
+    ap.add_argument("--parallel", type=int, default=1, help="searches run at a time (use --threads 1 with it)")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "prune_search.json"))
     args = ap.parse_args()
@@ -160,29 +165,45 @@ def main() -> None:
             skip = a == "--modes" and not skip
             continue
         passthrough.append(a)
-    for mode in args.modes.split(","):
-        print(f"running {mode} ...", file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, __file__, *passthrough, "--mode", mode], capture_output=True, text=True,
-                             cwd=ROOT)
-        if out.returncode != 0:
-            sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
-        runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    modes = args.modes.split(",")
+    pending, running = list(modes), {}
+    while pending or running:  # --parallel N: N searches at a time (then compare their CPU seconds)
+        while pending and len(running) < args.parallel:
+            mode = pending.pop(0)
+            print(f"running {mode} ...", file=sys.stderr, flush=True)
+            log = tempfile.TemporaryFile("w+")
+            running[mode] = (subprocess.Popen([sys.executable, __file__, *passthrough, "--mode", mode],
+                                              stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT), log)
+        done = [m for m, (p, _) in running.items() if p.poll() is not None]
+        if not done:
+            time.sleep(1)
+            continue
+        for mode in done:
+            p, log = running.pop(mode)
+            log.seek(0)
+            text = log.read()
+            if p.returncode != 0:
+                sys.exit(f"{mode} failed:\n{text[-3000:]}")
+            runs[mode] = json.loads(text.strip().splitlines()[-1])
+    runs = {m: runs[m] for m in modes}
     base = runs.get("naive")
     print(f"\nBlockPruner search, {Path(args.model).name}, {args.blocks} blocks, {args.samples} windows x "
           f"{args.seq_len} tokens, {args.device} {args.dtype}")
     cuda = args.device.startswith("cuda")
     mem_cols = ("cuda MB",) if cuda else ("peak RSS", "peak anon", "base anon")
-    print(f"{'search':<8}{'seconds':>10}{'x naive':>9}{'ratio %':>9}{'calib ppl':>11}{'identical':>11}"
+    print(f"{'search':<8}{'seconds':>10}{'x naive':>9}{'cpu s':>9}{'cpu x naive':>12}{'ratio %':>9}{'calib ppl':>11}{'identical':>11}"
           f"{'scored':>8}{'abandoned':>10}{'weights MB':>11}" + "".join(f"{c:>11}" for c in mem_cols))
     mb = 2.0 ** 20
     for mode, r in runs.items():
         rel = r["seconds"] / base["seconds"] if base else float("nan")
+        crel = r["cpu_seconds"] / base["cpu_seconds"] if base else float("nan")
+        r["cpu_x_naive"] = crel
         same = (r["sequence"] == base["sequence"]) if base else None
         r["x_naive"], r["identical_to_naive"] = rel, same
         m = r["memory"]
         mem = ((m["cuda_max_allocated_bytes"],) if cuda
                else (m["peak_rss_bytes"], m["peak_anon_bytes"], m["base_anon_bytes"]))
-        print(f"{mode:<8}{r['seconds']:>10.1f}{rel:>9.2f}{100 * r['ratio']:>9.2f}{r['ppl']:>11.3f}{str(same):>11}"
+        print(f"{mode:<8}{r['seconds']:>10.1f}{rel:>9.2f}{r['cpu_seconds']:>9.0f}{crel:>12.2f}{100 * r['ratio']:>9.2f}{r['ppl']:>11.3f}{str(same):>11}"
               f"{r['evaluated']:>8}{r['abandoned']:>10}{m['weights_bytes'] / mb:>11.1f}"
               + "".join(f"{v / mb:>11.0f}" for v in mem))
     print("memory in MB; weights: the most parameter bytes on the device at once; " +
