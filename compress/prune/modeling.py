@@ -118,19 +118,12 @@ def pruned_class(base: type, family: Family) -> type:
                 {"__init__": __init__, "save_pretrained": save_pretrained, "__module__": __name__})
 
 
-def load_pruned(ckpt: Checkpoint, dtype: torch.dtype | None) -> nn.Module:
-    """Load a physically pruned checkpoint: identity blocks where `compress_pruned_blocks` says.
-
-    Missing weights of blocks not listed there are fatal (never randomly initialised).
-    """
+def config_and_class(ckpt: Checkpoint):
+    """(transformers config, causal-LM class) of a checkpoint folder; one-line errors."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-    from transformers.utils import logging as tlog
 
-    tlog.disable_progress_bar()
     path = ckpt.path
-    family = family_for(ckpt.config, ckpt.names())
-    validate_pruned_map(ckpt.config, f"{path}/config.json")
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # noqa: BLE001
@@ -138,6 +131,21 @@ def load_pruned(ckpt: Checkpoint, dtype: torch.dtype | None) -> nn.Module:
     base = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
     if base is None:
         raise CompressError(f"{path}: transformers has no causal-LM class for model_type {config.model_type!r}")
+    return config, base
+
+
+def load_pruned(ckpt: Checkpoint, dtype: torch.dtype | None) -> nn.Module:
+    """Load a physically pruned checkpoint: identity blocks where `compress_pruned_blocks` says.
+
+    Missing weights of blocks not listed there are fatal (never randomly initialised).
+    """
+    from transformers.utils import logging as tlog
+
+    tlog.disable_progress_bar()
+    path = ckpt.path
+    family = family_for(ckpt.config, ckpt.names())
+    validate_pruned_map(ckpt.config, f"{path}/config.json")
+    config, base = config_and_class(ckpt)
     cls = pruned_class(base, family)
     try:
         with warnings.catch_warnings():

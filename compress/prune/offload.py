@@ -59,21 +59,13 @@ def build_skeleton(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device) -
     `compress.prune.modeling.load_pruned` builds it. Refuses a checkpoint that lacks a weight.
     """
     from accelerate import init_empty_weights
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     from compress.arch import family_for
-    from compress.prune.modeling import pruned_class, validate_pruned_map
+    from compress.prune.modeling import config_and_class, pruned_class, validate_pruned_map
 
     path = ckpt.path
     family = family_for(ckpt.config, ckpt.names())
-    try:
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise CompressError(f"cannot read the config of {path}: {str(e).splitlines()[0]}") from None
-    base = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
-    if base is None:
-        raise CompressError(f"{path}: transformers has no causal-LM class for model_type {config.model_type!r}")
+    config, base = config_and_class(ckpt)
     cls = base
     if PRUNED_KEY in ckpt.config:
         validate_pruned_map(ckpt.config, f"{path}/config.json")
