@@ -23,13 +23,7 @@ from tests.fixtures import WIKI_VALID
 from tests.prune.test_export import IDS, logits, masked
 from tests.prune.test_prune_cli import CAL, n_params, prune_json
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_json(capsys, *args) -> dict:

@@ -17,7 +17,6 @@ import torch
 from compress.arch import family_for
 from compress.checkpoint.reader import Checkpoint
 from compress.model import load
-from compress.progress import set_quiet
 from compress.prune import run as prune_run
 from compress.prune.baselines import SLEB_BARRIERS, shortgpt_scores
 from compress.prune.mask import decoder_layers
@@ -32,14 +31,7 @@ from tests.prune.test_prune_cli import CAL, calib_ppl, cli, prune_json
 SEQ = 40  # longer than the tiny Gemmas' sliding window (32): local and global layers differ
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    set_quiet(True)
-    yield
-    set_quiet(False)
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet")
 
 
 def calib(n: int = 4, t: int = SEQ, seed: int = 1) -> torch.Tensor:

@@ -21,12 +21,7 @@ from tests.fixtures import WIKI_VALID
 CAL = ["--data", str(WIKI_VALID), "--seq-len", "32", "--samples", "4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

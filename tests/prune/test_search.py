@@ -14,7 +14,6 @@ from compress.arch import summarize
 from compress.checkpoint.reader import Checkpoint
 from compress.errors import CompressError
 from compress.model import load
-from compress.progress import set_quiet
 from compress.prune.mask import apply_removals, decoder_layers
 from compress.prune.params import checkpoint_params
 from compress.prune.score import BlockRunner
@@ -31,15 +30,7 @@ from tests.fixtures import FAMILIES, make_tiny_model
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is much faster than two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    set_quiet(True)
-    yield
-    set_quiet(False)
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet")
 
 
 def calib(n: int = 6, t: int = 20, seed: int = 1) -> torch.Tensor:
