@@ -17,7 +17,6 @@ import torch
 from compress.arch import family_for
 from compress.checkpoint.reader import Checkpoint
 from compress.model import load
-from compress.prune import run as prune_run
 from compress.prune.baselines import SLEB_BARRIERS, shortgpt_scores
 from compress.prune.mask import decoder_layers
 from compress.prune.offload import OffloadEvaluator, StreamedRunner, build_skeleton
@@ -26,7 +25,7 @@ from compress.prune.score import BlockRunner, position
 from compress.prune.search import GreedySearch, NaiveEvaluator, StopRule, block_units, layer_units
 from compress.prune.state import state_path
 from tests.fixtures import FAMILIES
-from tests.prune.test_prune_cli import CAL, calib_ppl, cli, prune_json
+from tests.prune.test_prune_cli import CAL, calib_ppl, cli, interrupt_after_saves, prune_json
 
 SEQ = 40  # longer than the tiny Gemmas' sliding window (32): local and global layers differ
 
@@ -165,19 +164,10 @@ def test_offload_cli_matches_in_memory_and_resumes(tmp_path, capsys, tiny_models
     src = tiny_models["llama"]
     full = prune_json(capsys, src, "-o", tmp_path / "full", "--blocks", 3, *CAL)
     out = tmp_path / "part"
-    real_save = prune_run.save_state
-    calls = []
-
-    def save_then_stop(path, fp, st):
-        real_save(path, fp, st)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(prune_run, "save_state", save_then_stop)
+    restore = interrupt_after_saves(monkeypatch, 2)
     code, _, err = cli(capsys, src, "-o", out, "--blocks", 3, "--offload", *CAL)
     assert code == 130 and not out.exists() and state_path(out).is_file()
-    monkeypatch.setattr(prune_run, "save_state", real_save)
+    restore()
     rep = prune_json(capsys, src, "-o", out, "--blocks", 3, "--offload", "--resume", *CAL)
     assert rep["sequence"] == full["sequence"]
     assert [s["ppl"] for s in rep["steps"]] == pytest.approx([s["ppl"] for s in full["steps"]], rel=1e-6)

@@ -24,6 +24,21 @@ CAL = ["--data", str(WIKI_VALID), "--seq-len", "32", "--samples", "4"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def interrupt_after_saves(monkeypatch, n: int):
+    """Make the n-th saved search state end the run like Ctrl-C; returns the undo."""
+    real = prune_run.save_state
+    calls = []
+
+    def save_then_stop(path, fp, st):
+        real(path, fp, st)
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune_run, "save_state", save_then_stop)
+    return lambda: monkeypatch.setattr(prune_run, "save_state", real)
+
+
 def cli(capsys, *args: str) -> tuple[int, str, str]:
     capsys.readouterr()
     code = main(["prune", *map(str, args)])
@@ -104,19 +119,10 @@ def test_resume_continues_identically(tmp_path, capsys, tiny_models, monkeypatch
     src = tiny_models["llama"]
     full = prune_json(capsys, src, "-o", tmp_path / "full", "--blocks", 4, *CAL)
     out = tmp_path / "part"
-    real_save = prune_run.save_state
-    calls = []
-
-    def save_then_stop(path, fp, st):
-        real_save(path, fp, st)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(prune_run, "save_state", save_then_stop)
+    restore = interrupt_after_saves(monkeypatch, 2)
     code, _, err = cli(capsys, src, "-o", out, "--blocks", 4, *CAL)
     assert code == 130 and not out.exists() and state_path(out).is_file()
-    monkeypatch.setattr(prune_run, "save_state", real_save)
+    restore()
     # other settings or another model: refused, nothing written
     code, _, err = cli(capsys, src, "-o", out, "--blocks", 4, "--criterion", "ppl-per-param", "--resume", *CAL)
     assert code == 1 and "other settings" in err and "criterion" in err
