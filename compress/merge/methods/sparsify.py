@@ -80,12 +80,7 @@ def breadcrumbs(delta: torch.Tensor, density: float, gamma: float = 0.01, rescal
     if density >= 1:
         return delta
     numel = delta.numel()
-    n_keep = int(density * numel)
-    n_top = int(gamma * numel)
-    n_bot = numel - n_keep - n_top
-    if n_bot < 0:
-        n_top += n_bot
-        n_bot = 0
+    n_bot, n_top = _breadcrumbs_cut(numel, density, gamma)
     order = _abs_order(delta, descending=False, inplace=inplace)  # ascending, mergekit's tie order
     keep = torch.zeros(numel, dtype=torch.bool, device=delta.device)
     keep[order[n_bot:numel - n_top]] = True
@@ -152,17 +147,22 @@ def magnitude_plan(delta: torch.Tensor, density: float, rescale: str = "none") -
     return _rank_plan(delta, True, 0, k, rescale, density)
 
 
+def _breadcrumbs_cut(numel: int, density: float, gamma: float) -> tuple[int, int]:
+    """(smallest, largest) counts of |δ| that breadcrumbs drops, as mergekit computes them."""
+    n_keep = int(density * numel)
+    n_top = int(gamma * numel)
+    n_bot = numel - n_keep - n_top
+    if n_bot < 0:
+        return 0, n_top + n_bot
+    return n_bot, n_top
+
+
 def breadcrumbs_plan(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: str = "none") -> Sparse:
     """`breadcrumbs` as a keep mask (ranks [n_bot, numel − n_top) of |δ| ascending); consumes `delta`."""
     if density >= 1:
         return Sparse()
     numel = delta.numel()
-    n_keep = int(density * numel)
-    n_top = int(gamma * numel)
-    n_bot = numel - n_keep - n_top
-    if n_bot < 0:
-        n_top += n_bot
-        n_bot = 0
+    n_bot, n_top = _breadcrumbs_cut(numel, density, gamma)
     return _rank_plan(delta, False, n_bot, numel - n_top, rescale, density)
 
 
