@@ -19,6 +19,11 @@ import os as _os
 for _k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     _os.environ.setdefault(_k, "1")
 _os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# PyTorch's CPU allocator: advise transparent huge pages for buffers of 2 MB and more (read by torch
+# at its first allocation, so it must be set before torch allocates). Merging and pruning allocate
+# and free large temporaries per tensor; with 4 KB pages the kernel's page faults were up to half
+# of a merge's CPU time (bench/merge_vs_mergekit.py). Export THP_MEM_ALLOC_ENABLE=0 to opt out.
+_os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from compress.api import convert, distill, evaluate, inspect, load, merge, perplexity, prune  # noqa: E402
 from compress.errors import CompressError  # noqa: E402

@@ -46,10 +46,15 @@ def describe_input(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    """Versions of the packages that shape a checkpoint. A module already imported reports its own
+    __version__; otherwise the installed distribution's metadata is read (importing transformers
+    only to read its version would cost a merge about 2 s)."""
+    from importlib import metadata
+
     out = {"python": platform.python_version()}
     for mod in ("compress", "torch", "transformers", "safetensors"):
         try:
-            out[mod] = __import__(mod).__version__
+            out[mod] = sys.modules[mod].__version__ if mod in sys.modules else metadata.version(mod)
         except Exception:  # noqa: BLE001
             out[mod] = "unknown"
     return out

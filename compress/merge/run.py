@@ -51,7 +51,7 @@ from compress.merge.vocab import (
 from compress.model.device import DTYPES, dtype_name, parse_device
 from compress.progress import info, progress_bar, warn
 
-METHOD_VERSION = 1
+METHOD_VERSION = 2  # 2: DARE/DELLA masks drawn as [U < p] (other bits than version 1 for a seed)
 _GENERIC_LAYER = re.compile(r"^(.*?\blayers)\.(\d+)\.(.+)$")
 
 
@@ -97,8 +97,8 @@ class TensorReader:
             fd = self._fds.get(f)
             if fd is None:
                 fd = self._fds[f] = os.open(f, os.O_RDONLY)
-        buf = bytearray(n)
-        view = memoryview(buf)
+        buf = torch.empty(n, dtype=torch.uint8)  # not zero-filled, unlike bytearray(n)
+        view = memoryview(buf.numpy()).cast("B")
         got = 0
         while got < n:
             k = os.preadv(fd, [view[got:]], offset + got)
@@ -108,7 +108,7 @@ class TensorReader:
         info_ = self.ckpt.info(name)
         if n == 0:
             return torch.empty(info_.shape, dtype=info_.dtype)
-        return torch.frombuffer(buf, dtype=info_.dtype).reshape(info_.shape)
+        return buf.view(info_.dtype).reshape(info_.shape)
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -24,11 +24,15 @@ def linear(tensors: Iterable[torch.Tensor], weights: Sequence[float], normalize:
     """
     out: torch.Tensor | None = None
     for t, w in zip(tensors, weights, strict=True):
-        if out is None:
-            out = torch.zeros(t.shape, dtype=torch.float32, device=device or t.device)
+        first = out is None
+        if out is None:  # the first term is written, not added to zeros (0 + w·x = w·x exactly)
+            out = torch.empty(t.shape, dtype=torch.float32, device=device or t.device)
         flat = out.reshape(-1)
         for sl in spans(t.numel()):
-            flat[sl].add_(f32(t, sl, flat.device), alpha=float(w))
+            if first:
+                torch.mul(f32(t, sl, flat.device), float(w), out=flat[sl])
+            else:
+                flat[sl].add_(f32(t, sl, flat.device), alpha=float(w))
         del t
     if out is None:
         raise ValueError("linear merge of zero tensors")

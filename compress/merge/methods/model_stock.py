@@ -12,9 +12,11 @@ from collections.abc import Sequence
 
 import torch
 
+from compress.merge.methods.stream import CHUNK
+
 
 def model_stock_t(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise: bool = False,
-                  eps: float = 1e-6, chunk: int = 1 << 20) -> torch.Tensor:
+                  eps: float = 1e-6, chunk: int = CHUNK) -> torch.Tensor:
     """The interpolation ratio t: a 1-element tensor, or one per row with `filter_wise`.
 
     Dot products of the offsets are accumulated over chunks (rows for filter_wise), so no copy of
@@ -40,9 +42,9 @@ def model_stock_t(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wi
         flats = [v.reshape(-1) for v in views]
         for s in range(0, flat_b.numel(), chunk):
             b = flat_b[s:s + chunk].float()
-            offs = [(f[s:s + chunk].float() - b).double() for f in flats]  # each converted once
+            offs = [f[s:s + chunk].float() - b for f in flats]  # each converted once
             for i in range(n):
-                for j in range(i, n):
+                for j in range(i, n):  # fp32 products, pairwise-summed per chunk, chunks summed in fp64
                     gram[i, j, 0] += float((offs[i] * offs[j]).sum())
     cos = []
     for i in range(n):
@@ -58,7 +60,7 @@ def model_stock_t(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wi
 
 def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise: bool = False,
                 clamp_t: tuple[float, float] | None = None, out_dtype: torch.dtype | None = None,
-                chunk: int = 1 << 20) -> torch.Tensor:
+                chunk: int = CHUNK) -> torch.Tensor:
     """θ = t · mean θ_i + (1 − t) · θ_b with t from the pairwise cosines of the offsets.
 
     Inputs in any float dtype; the result is built over row chunks in fp32 and written in `out_dtype`.

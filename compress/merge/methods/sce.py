@@ -15,9 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from compress.merge.methods.stream import f32, full_delta, spans
-
-CHUNK = 1 << 20
+from compress.merge.methods.stream import CHUNK, f32, full_delta, spans
 
 
 def sce_select(deltas: Sequence[torch.Tensor], topk: float) -> torch.Tensor:

@@ -12,15 +12,19 @@ import math
 
 import torch
 
+from compress.merge.methods.stream import CHUNK
+
 DOT_THRESHOLD = 0.9995
 
 
-def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 1e-8, chunk: int = 1 << 20,
+def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 1e-8, chunk: int = CHUNK // 2,
           out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Interpolate from v0 (t=0) to v1 (t=1) along the great circle through their directions.
 
     Norms and the dot product are accumulated over flat chunks in fp64, and the result is written
     chunk by chunk in `out_dtype` (inputs in any float dtype), so no full-size fp32 copy is made.
+    The chunk's fp64 temporaries (1 MiB) stay below glibc's mmap threshold (see stream.tune_malloc),
+    so they are reused, not faulted in afresh for every chunk.
     """
     a, b = v0.reshape(-1), v1.reshape(-1)
     na2 = nb2 = ab = 0.0
