@@ -11,6 +11,13 @@ from typing import Any
 from compress.checkpoint.reader import Checkpoint
 
 
+def hashed_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files `model_hash` covers: every weight file and config.json, sorted."""
+    ckpt = Checkpoint(path)
+    cfg = Path(path) / "config.json"
+    return sorted({Path(f) for f in ckpt.files()} | ({cfg} if cfg.is_file() else set()))
+
+
 def model_hash(path: str | os.PathLike[str]) -> dict[str, Any]:
     """sha256 of every weight file and of config.json, and one sha256 over those (sorted by name).
 
@@ -22,8 +29,7 @@ def model_hash(path: str | os.PathLike[str]) -> dict[str, Any]:
     if is_mask_folder(path):
         digest = hashlib.sha256((Path(path) / MASK_FILE).read_bytes()).hexdigest()
         return {"sha256": hashlib.sha256(f"{MASK_FILE}\0{digest}\n".encode()).hexdigest(), "files": {MASK_FILE: digest}}
-    ckpt = Checkpoint(path)
-    files = sorted({Path(f) for f in ckpt.files()} | ({Path(path) / "config.json"} if (Path(path) / "config.json").is_file() else set()))
+    files = hashed_files(path)
     per: dict[str, str] = {}
     total = hashlib.sha256()
     for f in files:

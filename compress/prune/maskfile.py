@@ -3,7 +3,9 @@
 The output folder holds `pruning.json` - the method, block type, criterion, calibration spec
 (source, seed, windows, sequence length, tokens), the ordered removals of the search with the
 calibration perplexity after each step, the chosen K, and a reference to the base model: its
-absolute path and a sha256 over its weight files and config.json - plus the base's tokenizer files,
+absolute path, its path relative to the mask folder (found there when both moved together), a sha256
+over its weight files and config.json, and their sizes and mtimes (while those match, a load skips
+re-hashing the base; otherwise the hash decides) - plus the base's tokenizer files,
 the search report and `compress.json`. No weights: `compress.load(out)` (and so `compress eval`,
 `compress inspect`) loads the base model and re-applies the first K removals in memory
 (`compress.prune.mask`), after checking that the base is still where it was and unchanged.
@@ -41,6 +43,31 @@ def weights_hash(model_dir: str | os.PathLike[str]) -> str:
     return model_hash(model_dir)["sha256"]
 
 
+def files_stat(model_dir: str | os.PathLike[str]) -> dict[str, list[int]]:
+    """{file name: [size, mtime_ns]} of the files `weights_hash` covers: while these are unchanged the
+    base is taken as unchanged without reading its weights again (a 7B base is ~15 GB to hash)."""
+    from compress.eval.report import hashed_files
+
+    out = {}
+    for f in hashed_files(model_dir):
+        st = f.stat()
+        out[f.name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _locate_base(folder: Path, rec: dict[str, Any], p: Path) -> Path:
+    """The base at its recorded absolute path, else at its recorded place relative to the mask folder
+    (both moved together)."""
+    tried = [Path(rec["path"])]
+    if isinstance(rec.get("relative_path"), str):
+        tried.append((folder.resolve() / rec["relative_path"]).resolve())
+    for cand in tried:
+        if (cand / "config.json").is_file():
+            return cand
+    raise CompressError(f"the base model of {folder} is not at {' nor '.join(map(str, dict.fromkeys(tried)))} any "
+                        f"more (moved or deleted): put it back, or edit base.path in {p}")
+
+
 def write_mask(model_dir: str | os.PathLike[str], output: str | os.PathLike[str], report: dict[str, Any],
                steps: list[dict[str, Any]], *, force: bool = False, before_commit=None) -> Path:
     """Write the mask folder atomically. `report` is the prune report (its `steps` are the chosen
@@ -55,7 +82,8 @@ def write_mask(model_dir: str | os.PathLike[str], output: str | os.PathLike[str]
     data = {
         "format": FORMAT,
         "version": VERSION,
-        "base": {"path": str(base), "weights_sha256": weights_hash(base)},
+        "base": {"path": str(base), "relative_path": os.path.relpath(base, Path(output).resolve()),
+                 "weights_sha256": weights_hash(base), "files": files_stat(base)},
         "method": report["method"],
         "block_type": report["block_type"],
         "criterion": report["criterion"],
@@ -100,11 +128,10 @@ def read_mask(path: str | os.PathLike[str], verify: bool = True) -> dict[str, An
     if data.get("version") != VERSION:
         raise CompressError(f"{p} has version {data.get('version')}; this compress reads version {VERSION}")
     if verify:
-        base = Path(data["base"]["path"])
-        if not (base / "config.json").is_file():
-            raise CompressError(f"the base model of {path} is not at {base} any more (moved or deleted): "
-                                f"put it back, or edit base.path in {p}")
-        if weights_hash(base) != data["base"]["weights_sha256"]:
+        base = _locate_base(Path(path), data["base"], p)
+        data["base"]["path"] = str(base)
+        unchanged = data["base"].get("files") == files_stat(base)  # same sizes and mtimes: skip the hash
+        if not unchanged and weights_hash(base) != data["base"]["weights_sha256"]:
             raise CompressError(f"the base model at {base} changed since {path} was written (its weights hash "
                                 "differs): the mask applies only to the model it was searched on")
     return data

@@ -88,3 +88,44 @@ def test_mask_refuses_a_changed_or_moved_base(tmp_path, capsys, tiny_models):
     base.rename(tmp_path / "elsewhere")
     with pytest.raises(CompressError, match="moved or deleted"):
         load(tmp_path / "m")
+
+
+def test_mask_finds_a_base_moved_with_it_and_skips_rehashing_an_unchanged_base(tmp_path, capsys, tiny_models,
+                                                                                  monkeypatch):
+    import os
+
+    from compress.prune import maskfile as mf
+
+    root = tmp_path / "a"
+    shutil.copytree(tiny_models["llama"], root / "base")
+    prune_json(capsys, root / "base", "-o", root / "masks" / "m", "--blocks", 1, "--export", "mask", *CAL)
+    pj = json.loads((root / "masks" / "m" / "pruning.json").read_text())
+    assert pj["base"]["relative_path"] == os.path.join("..", "..", "base")
+    assert set(pj["base"]["files"]) == {"model.safetensors", "config.json"}
+    want = logits(load(root / "masks" / "m", "cpu", "fp32")[0], IDS)
+
+    calls = []
+    real = mf.weights_hash
+    monkeypatch.setattr(mf, "weights_hash", lambda d: calls.append(d) or real(d))
+    load(root / "masks" / "m")
+    assert calls == []  # sizes and mtimes as recorded: the base is not read again
+
+    moved = tmp_path / "b"
+    root.rename(moved)  # base and mask folder moved together: found through the relative path
+    got = logits(load(moved / "masks" / "m", "cpu", "fp32")[0], IDS)
+    assert torch.equal(got, want)
+    info = run_json(capsys, "inspect", moved / "masks" / "m", "--json")
+    assert info["base"] == str((moved / "base").resolve())
+
+    weights = moved / "base" / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes: hashed, accepted
+    load(moved / "masks" / "m")
+    assert len(calls) == 1
+    with open(weights, "r+b") as f:  # same size, one weight byte flipped (new mtime): hashed, refused
+        f.seek(st.st_size - 1)
+        b = f.read(1)
+        f.seek(st.st_size - 1)
+        f.write(bytes([b[0] ^ 1]))
+    with pytest.raises(CompressError, match="changed since"):
+        load(moved / "masks" / "m")
