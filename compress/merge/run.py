@@ -700,6 +700,11 @@ def execute(plan: MergePlan, output: str | os.PathLike[str], *, device: str = "c
     threads = threads or min(4, max(2, os.cpu_count() or 2))
     loader = _Loader(plan, dev)
     start = time.perf_counter()
+    # The workers already keep the cores busy: each op gets its share of the cores instead of all
+    # of them (2 workers x 2 intra-op threads on 2 cores made TIES ~10 % slower).
+    intra = torch.get_num_threads()
+    if dev.type == "cpu" and threads > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // threads))
     try:
         weights = varm_statistics(plan, loader, threads) if plan.method.two_pass else {}
         specs = [TensorSpec(t.out, t.shape, t.dtype) for t in plan.tasks]
@@ -729,6 +734,7 @@ def execute(plan: MergePlan, output: str | os.PathLike[str], *, device: str = "c
                                                 "device": str(dev), "threads": threads}, files=files)
     finally:
         loader.close()
+        torch.set_num_threads(intra)
     wall = time.perf_counter() - start
     for w in plan.warnings:
         warn(w)

@@ -200,9 +200,11 @@ def test_dare_seed_reproducible_independent_of_threads(merge_models, tmp_path):
     m = merge_models
     kw = dict(method="dare_ties", base=str(m["base"]), models=[str(m["a"]), str(m["b"])],
               parameters={"density": 0.5, "weight": 0.5})
+    intra = torch.get_num_threads()
     merge(None, tmp_path / "x", seed=1, threads=1, **kw)
     merge(None, tmp_path / "y", seed=1, threads=4, **kw)
     merge(None, tmp_path / "z", seed=2, threads=2, **kw)
+    assert torch.get_num_threads() == intra  # the merge's own intra-op setting is undone
     x, y, z = state(tmp_path / "x"), state(tmp_path / "y"), state(tmp_path / "z")
     assert all(torch.equal(x[k], y[k]) for k in x)
     assert not all(torch.equal(x[k], z[k]) for k in x)
