@@ -704,7 +704,7 @@ def execute(plan: MergePlan, output: str | os.PathLike[str], *, device: str = "c
     # of them (2 workers x 2 intra-op threads on 2 cores made TIES ~10 % slower).
     intra = torch.get_num_threads()
     if dev.type == "cpu" and threads > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // threads))
+        torch.set_num_threads(max(1, intra // threads))
     try:
         weights = varm_statistics(plan, loader, threads) if plan.method.two_pass else {}
         specs = [TensorSpec(t.out, t.shape, t.dtype) for t in plan.tasks]
