@@ -161,12 +161,6 @@ class FastEvaluator:
 
     `states[b][p]` is the input of block p for batch b under the committed set S (p = 2L: the
     output of the last block). A candidate starting at p runs only blocks p+1.. (minus S).
-
-    Early abandoning (§6.3) visits the batches in decreasing order of their loss under S, so the
-    running sum crosses the bound after fewer batches; a complete score is still summed in batch
-    order, exactly as the naive loop sums it. The loss per batch under S is the winner's own
-    per-batch loss of the step just committed (the same arithmetic as running S), or is computed
-    from the cached states when there is none (first step, resume).
     """
 
     exact_bound = True
@@ -178,8 +172,6 @@ class FastEvaluator:
         self.tokens = windows.shape[0] * (windows.shape[1] - 1)
         self.removed: set[int] = set(removed or ())
         self.states: list[list[torch.Tensor]] = []
-        self.batch_losses: list[float] | None = None  # loss of each batch under S (visiting order)
-        self._complete: dict[frozenset[int], list[float]] = {}  # this step's complete per-batch losses
         with torch.no_grad():
             for ids in self.batches:
                 h0, _ = runner.embed(ids)
@@ -198,42 +190,26 @@ class FastEvaluator:
                     "NaN/inf values (the model overflows in this dtype - try --dtype fp32 - or its weights are broken)"
                 )
 
-    def visit_order(self) -> list[int]:
-        """Batch indices, largest loss under S first (ties by index)."""
-        if self.batch_losses is None:
-            self.current_loss()
-        assert self.batch_losses is not None
-        return sorted(range(len(self.batches)), key=lambda b: (-self.batch_losses[b], b))
-
     @torch.no_grad()
     def score(self, unit: Unit, bound: Callable[[float], bool] | None = None) -> tuple[float, bool]:
         p0 = unit.first
         skip = self.removed | unit.positions
-        losses = [0.0] * len(self.batches)
-        partial = 0.0
-        order = self.visit_order() if bound is not None else range(len(self.batches))
-        last = len(self.batches) - 1
-        for i, b in enumerate(order):
-            h = self.runner.run(self.states[b][p0], p0, skip)
-            losses[b] = self.runner.loss(h, self.batches[b])
-            partial += losses[b]
-            check_finite(partial, f"with {unit.name} removed")
-            if bound is not None and i < last and bound(partial):
-                return partial, False
         total = 0.0
-        for x in losses:  # batch order: the naive loop's sum, bit for bit
-            total += x
-        self._complete[unit.positions] = losses
+        last = len(self.batches) - 1
+        for b, ids in enumerate(self.batches):
+            h = self.runner.run(self.states[b][p0], p0, skip)
+            total += self.runner.loss(h, ids)
+            check_finite(total, f"with {unit.name} removed")
+            if bound is not None and b < last and bound(total):
+                return total, False
         return total, True
 
     @torch.no_grad()
     def current_loss(self) -> float:
-        losses = [self.runner.loss(self.states[b][-1], ids) for b, ids in enumerate(self.batches)]
         total = 0.0
-        for x in losses:
-            total += x
+        for b, ids in enumerate(self.batches):
+            total += self.runner.loss(self.states[b][-1], ids)
         check_finite(total, "of the model before this step")
-        self.batch_losses = losses
         return total
 
     def commit(self, units: Sequence[Unit]) -> None:
@@ -245,8 +221,6 @@ class FastEvaluator:
         with torch.no_grad():
             for b in range(len(self.batches)):
                 self._advance(b, start)
-        self.batch_losses = self._complete.get(units[0].positions) if len(units) == 1 else None
-        self._complete = {}
 
     def close(self) -> None:
         self.states = []

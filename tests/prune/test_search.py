@@ -220,35 +220,3 @@ def test_non_finite_loss_names_the_block(llama_fit, mode):
         decoder_layers(model, fam)[2].mlp.down_proj.weight[0, 0] = float("inf")
     with pytest.raises(CompressError, match="mlp 2"):
         search(model, fam, params, win, mode, blocks=1)
-
-
-def test_fast_visits_batches_largest_loss_first_and_sums_in_batch_order(llama_fit):
-    """Early abandoning reads the batch with the largest loss under the current model first; a
-    complete score is the batch-order sum (the naive loop's). Reference: transformers' own loss per
-    window on a masked copy."""
-    model, fam, params, win = llama_fit
-    model = copy.deepcopy(model)
-    runner = BlockRunner(model, fam)
-    ev = FastEvaluator(runner, win, 1)
-    t = win.shape[1] - 1
-
-    def window_losses(removed):
-        return [t * math.log(hf_ppl(model, fam, removed, win[i:i + 1])) for i in range(win.shape[0])]
-
-    dense = window_losses([])
-    ev.current_loss()
-    assert ev.visit_order() == sorted(range(len(dense)), key=lambda i: -dense[i])
-    units = block_units(runner.n_layers, "mix", set(range(runner.n_positions)), params.blocks)
-    unit = next(u for u in units if u.name == "mlp 2")
-    cut = window_losses([(2, "mlp")])
-    first = max(range(len(dense)), key=lambda i: dense[i])
-    partial, complete = ev.score(unit, bound=lambda s: True)  # abandon after the first batch read
-    assert not complete and partial == pytest.approx(cut[first], rel=1e-4)
-    total, complete = ev.score(unit, bound=lambda s: False)
-    assert complete and total == pytest.approx(sum(cut), rel=1e-4)
-    naive = NaiveEvaluator(runner, win, 1)
-    assert naive.score(unit)[0] == total  # bit for bit: the same sum in the same order
-    naive.close()
-    ev.commit([unit])  # the winner's per-batch losses now order the next step
-    assert ev.visit_order() == sorted(range(len(cut)), key=lambda i: -cut[i])
-    ev.close()
