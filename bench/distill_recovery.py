@@ -4,8 +4,9 @@ Pipeline (issue 5 §5, the ADPA paper's order, at a small scale):
 1. Reference teacher π_ref = SmolLM2-135M-Instruct.
 2. DPO teacher π_dpo = π_ref trained with this tool's own `dpo` loss on the training pairs.
 3. Student = SmolLM2-135M-Instruct with ~20% of its blocks removed, written by
-   `compress.prune.export.export_pruned` (physical). The removed blocks are the upper layers' blocks
-   (a fixed choice, not a BlockPruner search: the search is not part of this benchmark).
+   `compress.prune.export.export_pruned` (physical). With `--pruned-from prune_quality.json:ROW`
+   (e.g. `bench/results/prune_quality.json:blockpruner@0.2`) the removed blocks are those BlockPruner's
+   search chose in bench/prune_quality.py; without it, the upper layers' blocks (a fixed choice).
 4. Teacher cache: π_dpo's top-k on chosen and rejected (kd, dckd).
 5. ADPA: the pruned student generates greedy responses; π_dpo and π_ref are cached on them.
    ADPA+: the DCKD student generates, and trains from the DCKD student.
@@ -30,7 +31,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl"
+SHARED = Path(os.environ.get("COMPRESS_SHARED", ROOT.parent / "shared"))
+DATA = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl"
+
+
+def quality_row_blocks(spec: str) -> tuple[str, list[tuple[int, str]]]:
+    """'path/prune_quality.json:blockpruner@0.2' -> (row key, the blocks that row removed)."""
+    from prune_zeroshot import removed_blocks, row_key  # bench/ is the script's folder
+
+    path, _, key = spec.rpartition(":")
+    if not path or not key:
+        raise SystemExit(f"--pruned-from wants FILE:ROW (e.g. prune_quality.json:blockpruner@0.2), got {spec!r}")
+    rows = {row_key(r): r for r in json.loads(Path(path).read_text())["rows"]}
+    if key not in rows:
+        raise SystemExit(f"--pruned-from: no row {key!r} in {path} (rows: {', '.join(rows)})")
+    return key, removed_blocks(rows[key])
 
 
 def main() -> None:
@@ -47,6 +62,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--dpo-lr", type=float, default=5e-6)
     ap.add_argument("--prune-fraction", type=float, default=0.2)
+    ap.add_argument("--pruned-from", default=None,
+                    help="FILE:ROW of bench/prune_quality.py's results: the student removes that row's blocks")
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--methods", default="sft,kd,dckd,adpa,adpa+")
     ap.add_argument("--device", default="cpu")
@@ -108,12 +125,14 @@ def main() -> None:
     from compress.prune.export import export_pruned
 
     n = Checkpoint(args.model).config["num_hidden_layers"]
-    n_blocks = round(2 * n * args.prune_fraction)
-    removed: list[tuple[int, str]] = []
-    layer = n - 2
-    while len(removed) < n_blocks:
-        removed += [(layer, "attn"), (layer, "mlp")][: n_blocks - len(removed)]
-        layer -= 1
+    if args.pruned_from:
+        student_kind, removed = quality_row_blocks(args.pruned_from)
+    else:
+        n_blocks = round(2 * n * args.prune_fraction)
+        removed, layer, student_kind = [], n - 2, "upper layers"
+        while len(removed) < n_blocks:
+            removed += [(layer, "attn"), (layer, "mlp")][: n_blocks - len(removed)]
+            layer -= 1
     student = once(work / "student", lambda p: export_pruned(args.model, p, removed))
 
     # 4. DPO-teacher cache on chosen/rejected
@@ -172,7 +191,8 @@ def main() -> None:
     print(f"\n{'model':30} {'chosen ppl':>10} {'pref acc':>9} {'KL(dpo‖s)':>10} {'agree':>7}")
     for name, r in rows.items():
         print(f"{name:30} {r['chosen_ppl']:10.3f} {r['pref_acc']:9.3f} {r['kl_teacher']:10.4f} {r['agree_teacher']:7.3f}")
-    rec = {"bench": "distill_recovery", "model": args.model, "removed_blocks": removed, "args": vars(args),
+    rec = {"bench": "distill_recovery", "model": args.model, "student": student_kind, "removed_blocks": removed,
+           "args": vars(args),
            "train_pairs": len(train_data.examples), "eval_pairs": len(eval_data.examples), "results": rows,
            "timings_s": timings, "total_s": round(time.time() - sys_t0, 1), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--rows", default="", help="comma list of row keys (dense, blockpruner@0.2, ...); default all")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto", help="auto: as stored on GPU, fp32 on CPU")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "prune_zeroshot.json"))
     args = ap.parse_args()
@@ -90,7 +91,7 @@ def main() -> None:
                 export_pruned(args.model, path, blocks)
             t0 = time.perf_counter()
             res = compress.evaluate(str(path), tasks, limit=args.limit, batch_size=args.batch_size,
-                                    device=args.device, hash_models=False)
+                                    device=args.device, dtype=args.dtype, hash_models=False)
             model = res["models"][0]
             done[key] = {"acc": {t: model["results"][t]["value"] for t in tasks},
                          "n": {t: model["results"][t]["n"] for t in tasks}, "parameters": model["parameters"],
