@@ -17,6 +17,20 @@ import torch
 from torch import nn
 
 from compress.arch.families import ATTN, Family
+from compress.errors import CompressError
+
+
+def dummy_layer_class() -> type:
+    """transformers' `DummyLayer`: the cache slot of a layer without attention (transformers >= 5.23)."""
+    try:
+        from transformers.cache_utils import DummyLayer
+    except ImportError:
+        import transformers
+
+        raise CompressError(f"a model without some attention blocks needs transformers>=5.23 (cache_utils.DummyLayer)"
+                            f"; this is transformers {transformers.__version__}: pip install -U 'transformers>=5.23'"
+                            ) from None
+    return DummyLayer
 
 
 class RemovedAttention(nn.Module):
@@ -40,10 +54,11 @@ class RemovedAttention(nn.Module):
 
 
 def _dummy_slot(cache, layer_idx: int) -> None:
-    from transformers.cache_utils import DummyLayer
-
     slots = getattr(cache, "layers", None)
-    if slots is None or layer_idx >= len(slots) or isinstance(slots[layer_idx], DummyLayer):
+    if slots is None or layer_idx >= len(slots):
+        return
+    DummyLayer = dummy_layer_class()  # noqa: N806 (a class)
+    if isinstance(slots[layer_idx], DummyLayer):
         return
     # With no attention left at all, one real (empty) slot stays: transformers needs one to ask for a
     # length, and positions do not matter without attention.

@@ -27,7 +27,7 @@ from torch import nn
 from compress.arch import ATTN, BLOCK_KINDS, MLP, PRUNED_KEY, Family, family_for, num_layers
 from compress.checkpoint.reader import Checkpoint
 from compress.errors import CompressError
-from compress.prune.mask import apply_removals, decoder_layers
+from compress.prune.mask import apply_removals, decoder_layers, dummy_layer_class
 
 __all__ = ["dummy_cache_slots", "install_cache_fix", "load_pruned", "pruned_class", "validate_pruned_map"]
 
@@ -54,8 +54,7 @@ def validate_pruned_map(config: dict[str, Any], where: str = "config.json") -> d
 
 def dummy_cache_slots(cache: Any, layers: Iterable[int]) -> None:
     """Replace the cache slots of attention-less layers by `DummyLayer`s (in place)."""
-    from transformers.cache_utils import DummyLayer
-
+    DummyLayer = dummy_layer_class()  # noqa: N806 (a class)
     slots = getattr(cache, "layers", None)
     if slots is None:
         return
@@ -75,6 +74,7 @@ def install_cache_fix(model: nn.Module, family: Family, attn_removed: list[int])
     layers = sorted(attn_removed)
     if not layers or len(layers) >= n:
         return
+    dummy_layer_class()  # an old transformers fails here, at load, with a clear message
     body = model
     for part in family.layers.split(".")[:-1]:
         body = getattr(body, part)

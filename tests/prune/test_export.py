@@ -295,3 +295,18 @@ def test_plan_reads_no_tensor_data(tiny_llama, monkeypatch):
     monkeypatch.setattr(Checkpoint, "get", lambda *a, **k: pytest.fail("plan_export read tensor data"))
     plan = plan_export(ck, REMOVED)
     assert plan.kept == [0, 1, 3] and plan.pruned_out == {"attn": [0], "mlp": [1]}
+
+
+def test_transformers_without_dummy_layer_is_a_clear_error(tiny_models, tmp_path, monkeypatch):
+    """Cache slots of removed attention need transformers>=5.23: an older one is told so at load."""
+    import transformers.cache_utils as cu
+    from transformers import AutoModelForCausalLM
+
+    out = export_pruned(tiny_models["llama"], tmp_path / "p", [(1, "attn"), (2, "mlp")])
+    monkeypatch.delattr(cu, "DummyLayer")
+    with pytest.raises(CompressError, match=r"needs transformers>=5\.23 .* this is transformers"):
+        load_model(out, "cpu", "fp32")
+    with pytest.raises(ImportError, match=r"needs transformers>=5\.23"):
+        AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
+    mlp_only = export_pruned(tiny_models["llama"], tmp_path / "m", [(2, "mlp")])
+    assert load_model(mlp_only, "cpu", "fp32") is not None  # no attention removed: no cache slot to fix
