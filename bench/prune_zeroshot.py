@@ -41,7 +41,7 @@ def removed_blocks(row: dict) -> list[tuple[int, str]]:
 
 def table(quality: list[dict], zs: dict[str, dict], tasks: list[str]) -> str:
     head = ("| method | target | removed % | blocks (attn+mlp) | WikiText-2 ppl | held-out instr. ppl | "
-            + " | ".join(tasks) + " | avg acc | search min |")
+            + " | ".join(tasks) + " | avg acc | search s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in quality:
         z = zs.get(row_key(r))
@@ -50,7 +50,7 @@ def table(quality: list[dict], zs: dict[str, dict], tasks: list[str]) -> str:
         tgt = f"{100 * r['target_ratio']:.0f}%" if "target_ratio" in r else "-"
         lines.append(f"| {r['method']} | {tgt} | {100 * r['ratio']:.1f} | {r['blocks']} ({r.get('attn', 0)}+"
                      f"{r.get('mlp', 0)}) | {r['wikitext2_ppl']:.1f} | {r['heldout_ppl']:.1f} | " + " | ".join(accs)
-                     + f" | {avg} | {r['search_seconds'] / 60:.0f} |")
+                     + f" | {avg} | {r['search_seconds']:.0f} |")
     return "\n".join(lines)
 
 
