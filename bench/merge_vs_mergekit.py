@@ -20,6 +20,9 @@ recipe text and the mergekit version): `--only mergekit` fills that cache, `--re
 against it instead of running mergekit again (mergekit takes most of the benchmark's time; the JSON
 records when each side was measured).
 
+`--methods ties@index,breadcrumbs@index` runs compress with `tie_break: index` on the same recipe
+(compared with mergekit's plain run: the entries tied at the threshold then differ by design).
+
 Prints a table and writes bench/results/merge_vs_mergekit.json.
 """
 
@@ -217,17 +220,25 @@ def main() -> int:
     rows = []
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     for name in args.methods.split(","):
-        rec = all_recipes[name]
-        path = WORK / f"{name}.yml"
+        method, _, variant = name.partition("@")  # "ties@index": compress with `tie_break: index`
+        rec = all_recipes[method]
+        path = WORK / f"{method}.yml"
         path.write_text(yaml.safe_dump(rec, sort_keys=False))
+        path_us = path
+        if variant:
+            if variant != "index" or method not in ("ties", "breadcrumbs"):
+                raise SystemExit(f"unknown variant {name!r}: only ties@index and breadcrumbs@index")
+            path_us = WORK / f"{method}@index.yml"
+            path_us.write_text(yaml.safe_dump({**rec, "parameters": {**rec.get("parameters", {}), "tie_break": "index"}},
+                                              sort_keys=False))
         out_us = WORK / f"out_compress_{name}"
         shutil.rmtree(out_us, ignore_errors=True)
-        mk, out_mk = run_mergekit(exe, name, path, env, args.reuse_mergekit or args.only == "compress")
+        mk, out_mk = run_mergekit(exe, method, path, env, args.reuse_mergekit or args.only == "compress")
         if args.only == "mergekit":
             print(f"{name:16s} mergekit {mk['wall_s']:6.1f}s {mk['peak_rss_mb']:7.0f}MB "
                   f"({'cached ' + mk['cached_from'] if 'cached_from' in mk else 'measured'})", file=sys.stderr, flush=True)
             continue
-        us = timed([sys.executable, "-m", "compress", "merge", str(path), "-o", str(out_us), "--seed", "0", "--force"], env)
+        us = timed([sys.executable, "-m", "compress", "merge", str(path_us), "-o", str(out_us), "--seed", "0", "--force"], env)
         cmp = compare(out_us, out_mk, base, name in RANDOM) if mk["rc"] == 0 and us["rc"] == 0 else {}
         row = {"method": name, "mergekit": mk, "compress": us,
                "time_ratio": round(us["wall_s"] / mk["wall_s"], 3) if mk["wall_s"] else None,

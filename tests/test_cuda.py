@@ -113,3 +113,15 @@ def test_distill_train_same_on_device(tmp_path, capsys):
         assert diff <= 2 * lr * steps + 1e-6, (k, diff)
         moved += int(not torch.equal(ref[k], start[k]))
     assert moved > 0
+
+
+def test_index_tie_break_selects_the_same_entries_on_device():
+    """`tie_break: index` keeps the same entries on the device as on CPU, ties included."""
+    from compress.merge.methods import sparsify
+
+    g = torch.Generator().manual_seed(0)
+    d = (torch.randn(1 << 20, generator=g) * 0.02).bfloat16().float()  # bf16 values: ties everywhere
+    for plan in (lambda x: sparsify.magnitude_plan(x, 0.3, "l1", tie_break="index"),
+                 lambda x: sparsify.breadcrumbs_plan(x, 0.5, 0.01, "none", tie_break="index")):
+        ref, got = plan(d.clone()), plan(d.clone().to(DEV))
+        assert torch.equal(got.keep.cpu(), ref.keep)

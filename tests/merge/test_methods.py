@@ -370,3 +370,39 @@ def test_bf16_inputs_tiny_chunks_match_fp32_formulas(monkeypatch):
     t = 3 * c / (1 + 2 * c)
     want = t * np.mean([m.numpy() for m in m32], axis=0) + (1 - t) * b32.numpy()
     np.testing.assert_allclose(model_stock(base, models).numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def first_reference(a: np.ndarray, r: int, descending: bool) -> np.ndarray:
+    """The first r entries in the order (value, then position) by numpy's stable lexicographic sort."""
+    order = np.lexsort((np.arange(a.size), -a if descending else a))
+    mask = np.zeros(a.size, dtype=bool)
+    mask[order[:r]] = True
+    return mask
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_first_by_magnitude_is_value_then_position_order(descending):
+    a = ((rnd(50000, seed=4) * 30).round().abs() / 30).reshape(-1)  # few distinct values: ties everywhere
+    for r in (0, 1, 7, 12345, 25000, 49999, 50000):
+        got = sp.first_by_magnitude(a, r, descending).numpy()
+        np.testing.assert_array_equal(got, first_reference(a.numpy(), r, descending), err_msg=str(r))
+
+
+def test_index_tie_break_plans_match_reference_and_sort_plans_off_ties():
+    d = (rnd(40000, seed=5) * 40).round() / 40
+    a = d.abs().numpy()
+    n, k = d.numel(), int(0.4 * d.numel())
+    plan = sp.magnitude_plan(d.clone(), 0.4, "l1", tie_break="index")
+    want = first_reference(a, k, True)
+    np.testing.assert_array_equal(plan.keep.numpy(), want)
+    assert float(plan.scale) == pytest.approx(a.sum() / a[want].sum(), rel=1e-6)
+    # breadcrumbs: ascending ranks [n_bot, n - n_top)
+    n_bot, n_top = sp._breadcrumbs_cut(n, 0.5, 0.02)
+    bc = sp.breadcrumbs_plan(d.clone(), 0.5, 0.02, "none", tie_break="index")
+    np.testing.assert_array_equal(bc.keep.numpy(), first_reference(a, n - n_top, False) & ~first_reference(a, n_bot, False))
+    # against mergekit's sort order: the same entries off the threshold's ties, some others on them
+    srt = sp.magnitude_plan(d.clone(), 0.4, "none").keep.numpy()
+    t = np.sort(a)[::-1][k - 1]
+    assert srt.sum() == k and (srt == want)[a != t].all() and not (srt == want).all()
+    with pytest.raises(ValueError, match="tie_break"):
+        sp.magnitude_plan(d.clone(), 0.4, tie_break="random")

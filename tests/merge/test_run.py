@@ -362,3 +362,23 @@ def test_chat_template_from_recipe(merge_models, tmp_path):
     tok = AutoTokenizer.from_pretrained(out)
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert text == "[user] hi\n"
+
+
+def test_tie_break_index_through_the_cli(merge_models, tmp_path, capsys):
+    """bf16 task vectors tie at the threshold: `tie_break: index` picks by position, on any thread count."""
+    m = merge_models
+    a = make_variant(m["base"], tmp_path / "a16", 3, dtype=torch.bfloat16)
+    b = make_variant(m["base"], tmp_path / "b16", 4, dtype=torch.bfloat16)
+    args = ["merge", "--method", "ties", "--base", str(m["base"]), str(a), str(b), "--set", "density=0.3"]
+    outs = {}
+    for name, extra in (("sort", []), ("index1", ["--set", "tie_break=index", "--threads", "1"]),
+                        ("index2", ["--set", "tie_break=index", "--threads", "2"])):
+        code, _, err = run_cli([*args, *extra, "-o", str(tmp_path / name)], capsys)
+        assert code == 0, err
+        outs[name] = state(tmp_path / name)
+    assert all(torch.equal(outs["index1"][k], outs["index2"][k]) for k in outs["sort"])
+    assert not all(torch.equal(outs["index1"][k], outs["sort"][k]) for k in outs["sort"])  # other tied entries
+    rec = json.loads((tmp_path / "index1" / "compress_merge.json").read_text())
+    assert "tie_break" in json.dumps(rec)
+    code, _, err = run_cli([*args, "--set", "tie_break=random", "-o", str(tmp_path / "bad")], capsys)
+    assert code == 1 and "tie_break" in err and "sort, index" in err and not (tmp_path / "bad").exists()

@@ -156,11 +156,11 @@ def _plan(job: Job, i: int, sparsifier: str | None, rescale: str) -> sparsify.Sp
     d = full_delta(x, job.base, job.device)
     del x
     if sparsifier == "magnitude":
-        return sparsify.magnitude_plan(d, rho, rescale)
+        return sparsify.magnitude_plan(d, rho, rescale, job.params.get("tie_break", "sort"))
     if sparsifier == "dare":
         return sparsify.dare_plan(d, rho, rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
     if sparsifier == "breadcrumbs":
-        return sparsify.breadcrumbs_plan(d, rho, p["gamma"], rescale)
+        return sparsify.breadcrumbs_plan(d, rho, p["gamma"], rescale, job.params.get("tie_break", "sort"))
     if sparsifier == "della":
         return sparsify.Sparse(dense=sparsify.della(d, rho, p["epsilon"], rescale,
                                                     tensor_generator(job.seed, job.model_ids[i], job.name)))
@@ -275,6 +275,8 @@ def _gta_method(name: str, sparsifier: str | None, consensus: str | None, normal
     shared = {"normalize": Param(normalize, bool), "lambda": LAMBDA, "int8_mask": INT8}
     if sparsifier:
         shared["rescale"] = Param(rescale, object, _rescale_check)
+    if sparsifier in ("magnitude", "breadcrumbs"):
+        shared["tie_break"] = Param("sort", str, _choice(sparsify.TIE_BREAKS))
     return Method(name, _gta(sparsifier, consensus), per_model, shared, random=sparsifier in ("dare", "della"),
                   lazy=True, summary=summary)
 

@@ -19,6 +19,10 @@ import torch
 from compress.merge.methods.stream import Sparse
 
 RESCALES = ("l1", "inverse_density", "none")
+# How entries of equal |δ| at a selection's threshold are chosen: "sort" as torch's default (unstable)
+# sort orders them, which is what mergekit does (bit parity with it on CPU; a GPU's sort orders ties
+# otherwise); "index" by position, earlier first - the same entries on every device and thread count.
+TIE_BREAKS = ("sort", "index")
 
 
 def rescale_l1(original: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -146,7 +150,7 @@ def _rescale(original: torch.Tensor, kept: torch.Tensor, rescale: str, density: 
 
 
 # ---- plans: the same selections as above, recorded as masks (replayed chunk by chunk) ----------
-def magnitude_plan(delta: torch.Tensor, density: float, rescale: str = "none") -> Sparse:
+def magnitude_plan(delta: torch.Tensor, density: float, rescale: str = "none", tie_break: str = "sort") -> Sparse:
     """`magnitude` as a keep mask; `delta` (fp32) is consumed: |δ| is sorted in place.
 
     Same sort call on the same values as `magnitude`, so the same entries survive ties.
@@ -154,7 +158,7 @@ def magnitude_plan(delta: torch.Tensor, density: float, rescale: str = "none") -
     if density >= 1 or delta.numel() == 0:
         return Sparse()
     k = max(1, int(density * delta.numel()))
-    return _rank_plan(delta, True, 0, k, rescale, density)
+    return _rank_plan(delta, True, 0, k, rescale, density, tie_break)
 
 
 def _breadcrumbs_cut(numel: int, density: float, gamma: float) -> tuple[int, int]:
@@ -167,24 +171,54 @@ def _breadcrumbs_cut(numel: int, density: float, gamma: float) -> tuple[int, int
     return n_bot, n_top
 
 
-def breadcrumbs_plan(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: str = "none") -> Sparse:
+def breadcrumbs_plan(delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: str = "none",
+                     tie_break: str = "sort") -> Sparse:
     """`breadcrumbs` as a keep mask (ranks [n_bot, numel − n_top) of |δ| ascending); consumes `delta`."""
     if density >= 1:
         return Sparse()
     numel = delta.numel()
     n_bot, n_top = _breadcrumbs_cut(numel, density, gamma)
-    return _rank_plan(delta, False, n_bot, numel - n_top, rescale, density)
+    return _rank_plan(delta, False, n_bot, numel - n_top, rescale, density, tie_break)
 
 
-def _rank_plan(delta: torch.Tensor, descending: bool, lo: int, hi: int, rescale: str, density: float) -> Sparse:
+def first_by_magnitude(a: torch.Tensor, r: int, descending: bool) -> torch.Tensor:
+    """Mask of the first r entries of the flat, non-negative `a` in the order (a, then position).
+
+    The order is a descending (or ascending) and, among equal values, earlier positions first: a
+    total order, so the selection is the same on any device. One k-th value selection and a scan
+    for the ties at it, instead of a full sort.
+    """
+    n = a.numel()
+    if r <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=a.device)
+    if r >= n:
+        return torch.ones(n, dtype=torch.bool, device=a.device)
+    t = torch.kthvalue(a, n - r + 1 if descending else r).values
+    mask = a > t if descending else a < t
+    need = r - int(mask.sum())
+    if need > 0:
+        mask[torch.nonzero(a == t).reshape(-1)[:need]] = True
+    return mask
+
+
+def _rank_plan(delta: torch.Tensor, descending: bool, lo: int, hi: int, rescale: str, density: float,
+               tie_break: str = "sort") -> Sparse:
     flat = delta.reshape(-1)
     flat.abs_()
-    absd = flat.clone() if rescale == "l1" else None  # |δ| in place order, for the L1 sums
-    order = torch.empty(flat.numel(), dtype=torch.int64, device=flat.device)
-    torch.sort(flat, descending=descending, out=(flat, order))  # in place: same order as sort(|δ|)
-    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    keep[order[lo:hi]] = True
-    del order
+    if tie_break == "index":
+        absd = flat if rescale == "l1" else None
+        keep = first_by_magnitude(flat, hi, descending)
+        if lo > 0:
+            keep &= ~first_by_magnitude(flat, lo, descending)
+    elif tie_break == "sort":
+        absd = flat.clone() if rescale == "l1" else None  # |δ| in place order, for the L1 sums
+        order = torch.empty(flat.numel(), dtype=torch.int64, device=flat.device)
+        torch.sort(flat, descending=descending, out=(flat, order))  # in place: same order as sort(|δ|)
+        keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+        keep[order[lo:hi]] = True
+        del order
+    else:
+        raise ValueError(f"unknown tie_break {tie_break!r}: use one of {', '.join(TIE_BREAKS)}")
     plan = Sparse(keep=keep)
     if rescale == "l1":
         assert absd is not None
