@@ -20,7 +20,7 @@ recipe text and the mergekit version): `--only mergekit` fills that cache, `--re
 against it instead of running mergekit again (mergekit takes most of the benchmark's time; the JSON
 records when each side was measured).
 
-`--methods ties@index,breadcrumbs@index` runs compress with `tie_break: index` on the same recipe
+`--methods ties@index,breadcrumbs@index,sce@index` runs compress with `tie_break: index` on the same recipe
 (compared with mergekit's plain run: the entries tied at the threshold then differ by design).
 
 Prints a table and writes bench/results/merge_vs_mergekit.json.
@@ -226,8 +226,8 @@ def main() -> int:
         path.write_text(yaml.safe_dump(rec, sort_keys=False))
         path_us = path
         if variant:
-            if variant != "index" or method not in ("ties", "breadcrumbs"):
-                raise SystemExit(f"unknown variant {name!r}: only ties@index and breadcrumbs@index")
+            if variant != "index" or method not in ("ties", "breadcrumbs", "sce"):
+                raise SystemExit(f"unknown variant {name!r}: only ties@index, breadcrumbs@index and sce@index")
             path_us = WORK / f"{method}@index.yml"
             path_us.write_text(yaml.safe_dump({**rec, "parameters": {**rec.get("parameters", {}), "tie_break": "index"}},
                                               sort_keys=False))

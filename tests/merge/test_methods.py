@@ -228,6 +228,16 @@ def test_sce_variants_agree_at_tau_one_and_differ_below():
     assert abs(frac_up - 0.1) < 0.01 and frac_fork > 0.99
 
 
+def sce_reference(base: np.ndarray, ds: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Upstream SCE with the selection mask m given: (merged tensor, η)."""
+    md = ds * m
+    eta = (md ** 2).reshape(len(ds), -1).mean(1)
+    eta = eta / eta.sum()
+    s = np.where(md.sum(0) >= 0, 1, -1)
+    ew = eta.reshape(-1, *[1] * base.ndim) * (np.sign(md) == s)
+    return base + (md * ew).sum(0) / np.maximum(ew.sum(0), 1e-6), eta
+
+
 def test_sce_matches_elementwise_reference():
     base = rnd(12, 10, seed=5)
     ts = [base + 0.5 * rnd(12, 10, seed=i) for i in range(6, 9)]
@@ -237,13 +247,7 @@ def test_sce_matches_elementwise_reference():
     k = int(np.count_nonzero(var) * tau)
     thr = np.sort(var.ravel())[-k]
     m = (var >= thr).astype(np.float32)
-    md = ds * m
-    eta = (md ** 2).reshape(3, -1).mean(1)
-    eta = eta / eta.sum()
-    s = np.where(md.sum(0) >= 0, 1, -1)
-    e = (np.sign(md) == s)
-    ew = eta[:, None, None] * e
-    want = base.numpy() + (md * ew).sum(0) / np.maximum(ew.sum(0), 1e-6)
+    want, eta = sce_reference(base.numpy(), ds, m)
     np.testing.assert_allclose(sce(base, ts, tau, True).numpy(), want, rtol=1e-5, atol=1e-6)
     # fork: η from the masked deltas, but the full deltas are merged; zero divisor -> 1
     s2 = np.where(ds.sum(0) >= 0, 1, -1)
@@ -406,3 +410,15 @@ def test_index_tie_break_plans_match_reference_and_sort_plans_off_ties():
     assert srt.sum() == k and (srt == want)[a != t].all() and not (srt == want).all()
     with pytest.raises(ValueError, match="tie_break"):
         sp.magnitude_plan(d.clone(), 0.4, tie_break="random")
+
+
+def test_sce_index_tie_break_selects_by_variance_then_position():
+    base = (rnd(4000, seed=7) * 8).round() / 8  # exact differences below
+    ts = [base + 0.25 * rnd(4000, seed=i).sign() * (rnd(4000, seed=10 + i) > 0) for i in range(3)]  # few variances
+    ds = np.stack([(t - base).numpy() for t in ts])
+    var = ds.var(axis=0)
+    k = int(np.count_nonzero(var) * 0.3)
+    assert (var == np.sort(var)[::-1][k - 1]).sum() > 100  # many ties at the threshold
+    m = first_reference(var, k, True).astype(np.float32)
+    want, _ = sce_reference(base.numpy(), ds, m)
+    np.testing.assert_allclose(sce(base, ts, 0.3, True, tie_break="index").numpy(), want, rtol=1e-5, atol=1e-6)

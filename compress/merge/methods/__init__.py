@@ -200,7 +200,7 @@ def _sce(job: Job) -> torch.Tensor:
     assert job.base is not None
     inputs = job.tensors if job.load is None else Lazy(len(job.model_params), job.get)
     return sce(job.base, inputs, job.params["select_topk"], job.params["sce_mask_deltas"],
-               out_dtype=job.out_dtype, device=job.device)
+               out_dtype=job.out_dtype, device=job.device, tie_break=job.params.get("tie_break", "sort"))
 
 
 def _varm(job: Job) -> torch.Tensor:
@@ -261,6 +261,7 @@ WEIGHT_NONNEG = Param(1.0, float, _nonneg)
 DENSITY = Param(1.0, float, _density)
 LAMBDA = Param(1.0, float, _finite)
 INT8 = Param(False, bool)
+TIE_BREAK = Param("sort", str, _choice(sparsify.TIE_BREAKS))
 
 
 def _gta_method(name: str, sparsifier: str | None, consensus: str | None, normalize: bool, rescale: bool,
@@ -276,7 +277,7 @@ def _gta_method(name: str, sparsifier: str | None, consensus: str | None, normal
     if sparsifier:
         shared["rescale"] = Param(rescale, object, _rescale_check)
     if sparsifier in ("magnitude", "breadcrumbs"):
-        shared["tie_break"] = Param("sort", str, _choice(sparsify.TIE_BREAKS))
+        shared["tie_break"] = TIE_BREAK
     return Method(name, _gta(sparsifier, consensus), per_model, shared, random=sparsifier in ("dare", "della"),
                   lazy=True, summary=summary)
 
@@ -302,7 +303,7 @@ METHODS: dict[str, Method] = {
                                                             "clamp_t": Param(False, bool)},
                           min_models=2, summary="Model Stock interpolation toward the mean"),
     "sce": Method("sce", _sce, {}, {"select_topk": Param(1.0, float, _nonneg), "int8_mask": INT8,
-                                    "sce_mask_deltas": Param(True, bool)}, lazy=True,
+                                    "sce_mask_deltas": Param(True, bool), "tie_break": TIE_BREAK}, lazy=True,
                   summary="select by variance, weight by energy, erase minority signs"),
     "varm": Method("varm", _varm, {}, {"granularity": Param("matrix", str, _choice(GRANULARITIES)),
                                        "norm": Param("sum", str, _choice(NORMS)),

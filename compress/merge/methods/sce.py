@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from compress.merge.methods.sparsify import first_by_magnitude
 from compress.merge.methods.stream import CHUNK, f32, full_delta, spans
 
 
@@ -48,8 +49,11 @@ def sce_weights(masked: Sequence[torch.Tensor], threshold: float = 1e-6) -> torc
 
 def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float = 1.0, mask_deltas: bool = True,
         inplace: bool = False, out_dtype: torch.dtype | None = None,
-        device: torch.device | None = None) -> torch.Tensor:
+        device: torch.device | None = None, tie_break: str = "sort") -> torch.Tensor:
     """Merge one tensor with SCE; `mask_deltas` picks upstream mergekit (True) or the FuseAI fork (False).
+
+    `tie_break`: "sort" selects the top-τ variances with `torch.topk` as mergekit does; "index" picks
+    equal variances at the threshold by position (`sparsify.TIE_BREAKS`).
 
     Inputs may be in any float dtype and are not modified (`inplace` is accepted for compatibility);
     δ_j is formed in fp32 per chunk, and in full only one model at a time for its η statistic.
@@ -60,7 +64,7 @@ def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float = 1.0, 
     if not tensors:
         return base.to(out_dtype or torch.float32)
     numel = base.numel()
-    mask = _select(base, tensors, topk, dev)
+    mask = _select(base, tensors, topk, dev, tie_break)
     full = mask is None
     stats = []
     for j in range(len(tensors)):  # η_j: mean((M⊙δ_j)²) over the whole tensor, exactly as on the stacked deltas
@@ -92,7 +96,8 @@ def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float = 1.0, 
     return out
 
 
-def _select(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float, dev: torch.device) -> torch.Tensor | None:
+def _select(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float, dev: torch.device,
+            tie_break: str = "sort") -> torch.Tensor | None:
     """`sce_select` on δ_j = tensors_j − base; None = everything kept.
 
     The variance is formed chunk by chunk; with lazily read inputs (see `stream.Lazy`) they are
@@ -106,6 +111,8 @@ def _select(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float, de
         return mask
     var = _variance(base, tensors, dev)
     k = int(int(torch.count_nonzero(var)) * topk)
+    if k > 0 and tie_break == "index":
+        return first_by_magnitude(var.abs_(), k, True)
     if k > 0:
         mask[torch.topk(var.abs_(), k, largest=True).indices] = True
     return mask
