@@ -151,9 +151,10 @@ def _rescale(original: torch.Tensor, kept: torch.Tensor, rescale: str, density: 
 
 # ---- plans: the same selections as above, recorded as masks (replayed chunk by chunk) ----------
 def magnitude_plan(delta: torch.Tensor, density: float, rescale: str = "none", tie_break: str = "sort") -> Sparse:
-    """`magnitude` as a keep mask; `delta` (fp32) is consumed: |δ| is sorted in place.
+    """`magnitude` as a keep mask; `delta` (fp32) is consumed (|δ| formed, and sorted, in place).
 
-    Same sort call on the same values as `magnitude`, so the same entries survive ties.
+    With `tie_break="sort"` the same sort call on the same values as `magnitude`, so the same
+    entries survive ties; with "index", `first_by_magnitude`.
     """
     if density >= 1 or delta.numel() == 0:
         return Sparse()
@@ -184,9 +185,9 @@ def breadcrumbs_plan(delta: torch.Tensor, density: float, gamma: float = 0.01, r
 def first_by_magnitude(a: torch.Tensor, r: int, descending: bool) -> torch.Tensor:
     """Mask of the first r entries of the flat, non-negative `a` in the order (a, then position).
 
-    The order is a descending (or ascending) and, among equal values, earlier positions first: a
-    total order, so the selection is the same on any device. One k-th value selection and a scan
-    for the ties at it, instead of a full sort.
+    Values descending (or ascending) and, among equal values, earlier positions first: a total
+    order, so the selection is the same on any device. One k-th value search and a scan for the
+    entries equal to it, instead of a full sort.
     """
     n = a.numel()
     if r <= 0:
