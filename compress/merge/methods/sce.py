@@ -105,14 +105,13 @@ def _select(base: torch.Tensor, tensors: Sequence[torch.Tensor], topk: float, de
     """
     if topk >= 1:
         return None
-    numel = base.numel()
-    mask = torch.zeros(numel, dtype=torch.bool, device=dev)
     if topk <= 0:
-        return mask
+        return torch.zeros(base.numel(), dtype=torch.bool, device=dev)
     var = _variance(base, tensors, dev)
     k = int(int(torch.count_nonzero(var)) * topk)
-    if k > 0 and tie_break == "index":
+    if tie_break == "index":
         return first_by_magnitude(var.abs_(), k, True)
+    mask = torch.zeros(base.numel(), dtype=torch.bool, device=dev)
     if k > 0:
         mask[torch.topk(var.abs_(), k, largest=True).indices] = True
     return mask
