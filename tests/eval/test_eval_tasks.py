@@ -143,8 +143,11 @@ def test_parse_tasks_and_errors(tmp_path):
 
 
 def test_gsm8k_fewshot_split_follows_train_file(tmp_path, shared_data):
-    assert task_config(resolve_task_data("gsm8k", [shared_data]))["fewshot_split"] == "test"
+    # shared/data/gsm8k has train.jsonl: the few-shot examples come from it, never from the test split
+    assert task_config(resolve_task_data("gsm8k", [shared_data]))["fewshot_split"] == "train"
     (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "1+1?", "answer": "2\\n#### 2"}\n')
+    assert task_config(resolve_task_data("gsm8k", [tmp_path]))["fewshot_split"] == "test"
     for n in ("test", "train"):
         (tmp_path / "gsm8k" / f"{n}.jsonl").write_text('{"question": "1+1?", "answer": "2\\n#### 2"}\n')
     cfg = task_config(resolve_task_data("gsm8k", [tmp_path]))
