@@ -96,7 +96,8 @@ def test_output_inside_input(tmp_path, capsys):
 
 def test_bad_option_value(tiny_llama, capsys):
     code, _, err = run(["eval", "ppl", str(tiny_llama), "--data", "x", "--seq-len", "1"], capsys)
-    assert code == 2 and "Traceback" not in err
+    assert code == 1 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("error: Invalid value for '--seq-len'") and "--help" in err
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):

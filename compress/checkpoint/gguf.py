@@ -86,4 +86,6 @@ def convert_gguf(
         max_shard_size=max_shard_size,
         before_commit=extra_files,
         extra={"gguf_file": src.name, "dtype": config["dtype"]},
+        method="gguf-import",
+        tags=("convert",),
     )

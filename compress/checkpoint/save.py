@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.checkpoint.atomic import atomic_dir
+from compress.checkpoint.card import write_model_card
 from compress.checkpoint.provenance import write_provenance
 from compress.checkpoint.writer import DEFAULT_MAX_SHARD, ShardedWriter, TensorSpec
 
@@ -34,11 +35,16 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     files: dict[str, str] | None = None,
     before_commit: Callable[[Path], None] | None = None,
+    method: str | None = None,
+    tags: Sequence[str] = (),
+    report: str | None = None,
 ) -> Path:
     """Write a model folder at `output`; nothing appears there unless everything succeeded.
 
     `produce(writer)` must call `writer.write(name, tensor)` once for every spec (any order).
     `before_commit(tmp)` may add more files (e.g. a tokenizer saved by transformers).
+    Every folder gets `compress.json` (how it was made) and a model card `README.md` naming
+    `method`, with `tags` and the Markdown `report`.
     """
     with atomic_dir(output, inputs, force) as tmp:
         writer = ShardedWriter(tmp, specs, max_shard_size)
@@ -55,4 +61,5 @@ def save_checkpoint(
         if before_commit is not None:
             before_commit(tmp)
         write_provenance(tmp, inputs=[str(i) for i in inputs], command=command, recipe=recipe, extra=extra)
+        write_model_card(tmp, title=Path(output).name, method=method, tags=tuple(tags), report=report)
     return Path(output)

@@ -60,6 +60,16 @@ class TensorSpec:
         return n * torch.empty((), dtype=self.dtype).element_size()
 
 
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Refuse a NaN or Inf entry in a floating-point tensor: no checkpoint is ever written with one.
+
+    The check is one pass over the tensor (`torch.isfinite(t).all()`); the caller's atomic folder is
+    then removed, so nothing is written at all."""
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise CompressError(f"tensor {name} has {bad} NaN/Inf values: refusing to write it; nothing was written")
+
+
 def _header_bytes(entries: dict[str, dict], metadata: dict[str, str]) -> bytes:
     raw = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -129,6 +139,7 @@ class ShardedWriter:
             raise ValueError(
                 f"tensor {name!r}: got {tuple(tensor.shape)} {tensor.dtype}, planned {spec.shape} {spec.dtype}"
             )
+        check_finite(name, tensor)
         with self._lock:
             if name in self._written:
                 raise ValueError(f"tensor {name!r} written twice")

@@ -2,7 +2,7 @@
 
 Every command: inputs positional, output folder `-o/--output`, shared option names (`--device`,
 `--dtype`, `--seed`, `--force`, `--data`, `--seq-len`, `--samples`), `--json` for one JSON object
-on stdout. User errors print one line on stderr and exit 1; Ctrl-C exits 130 with nothing written.
+on stdout. User errors (bad options included) print one `error:` line on stderr and exit 1; Ctrl-C exits 130 with nothing written.
 """
 
 from __future__ import annotations
@@ -79,9 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     except click.exceptions.Exit as e:
         code = e.exit_code
+    except click.UsageError as e:
+        # A bad option is bad input like any other: one line, exit 1 (not click's usage block and 2).
+        where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        click.echo(f"error: {e.format_message()}{where}", err=True)
+        code = 1
     except click.ClickException as e:
-        e.show()
-        code = e.exit_code
+        click.echo(f"error: {e.format_message()}", err=True)
+        code = 1
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted: nothing was written", err=True)
         code = 130

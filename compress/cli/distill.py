@@ -3,7 +3,9 @@ from __future__ import annotations
 import click
 
 from compress.cli.options import (
+    DtypeChoice,
     device_option,
+    dtype_option,
     emit_json,
     force_option,
     json_option,
@@ -64,7 +66,8 @@ def command():
 @click.option("--scheduler", type=click.Choice(["cosine", "linear", "constant_with_warmup"]), default="cosine", show_default=True)
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping (0: off).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--precision", type=DtypeChoice(("fp32", "bf16")), default="fp32", show_default=True,
+              help="fp32, or bf16 mixed precision (fp32 master weights); float32 / bfloat16 also accepted.")
 @click.option("--eval-pairs", type=click.IntRange(min=0), default=0, show_default=True, help="Hold out the last N pairs for evaluation.")
 @click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True, help="Evaluate every N steps (and at the end).")
 @click.option("--save-every", type=click.IntRange(min=0), default=0, show_default=True, help="Checkpoint every N steps.")
@@ -115,7 +118,7 @@ def train_cmd(student, data, max_length, max_prompt_length, long_prompt, limit, 
               help="Responses to score: chosen, rejected, generated (comma list).")
 @click.option("--k", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@dtype_option("fp32", ("fp32", "bf16", "fp16"), help="Teacher compute dtype.")
 @device_option
 @force_option
 @json_option
@@ -164,7 +167,7 @@ def cache_teacher_cmd(teacher, data, max_length, max_prompt_length, long_prompt,
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy (the ADPA recipe).")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@dtype_option()
 @device_option
 @seed_option
 @force_option

@@ -4,13 +4,13 @@ import click
 
 from compress.cli.options import (
     device_option,
+    dtype_option,
     emit_json,
     force_option,
     json_option,
     output_option,
     seed_option,
 )
-from compress.model.device import DTYPE_CHOICES
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:
@@ -35,8 +35,7 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Shortcut: a method parameter, e.g. --set density=0.5 --set weight=0.3 (repeatable).")
 @device_option
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
-              help="Output dtype when the recipe sets none (arithmetic is always fp32; auto: as the base stores it).")
+@dtype_option(help="Output dtype when the recipe sets none (arithmetic is always fp32; auto: as the base stores it).")
 @seed_option
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Worker threads (default: min(4, CPUs)).")

@@ -8,7 +8,27 @@ from typing import Any
 
 import click
 
-from compress.model.device import DTYPE_CHOICES
+from compress.model.device import DTYPE_ALIASES, DTYPE_CHOICES, canonical_dtype_name
+
+
+class DtypeChoice(click.ParamType):
+    """A dtype in either spelling (fp32 / float32, bf16 / bfloat16, fp16 / float16), normalised to the
+    short name; `choices` restricts the accepted dtypes."""
+
+    name = "dtype"
+
+    def __init__(self, choices: tuple[str, ...] = DTYPE_CHOICES):
+        self.choices = tuple(choices)
+
+    def get_metavar(self, param, ctx=None) -> str:  # noqa: ARG002 - click's signature
+        return "[" + "|".join(self.choices) + "]"
+
+    def convert(self, value, param, ctx):
+        key = canonical_dtype_name(value) if isinstance(value, str) else None
+        if key is None or key not in self.choices:
+            longs = [k for k, v in DTYPE_ALIASES.items() if v in self.choices and k not in ("half", "float")]
+            self.fail(f"{value!r} is not one of {', '.join(self.choices)} (or {', '.join(longs)})", param, ctx)
+        return key
 
 
 def output_option(required: bool = True):
@@ -19,9 +39,10 @@ def device_option(f):
     return click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
 
 
-def dtype_option(default: str = "auto"):
-    return click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default=default, show_default=True,
-                        help="Compute / storage dtype (auto: as stored on GPU, fp32 on CPU).")
+def dtype_option(default: str = "auto", choices: tuple[str, ...] = DTYPE_CHOICES,
+                 help: str = "Compute / storage dtype (auto: as stored on GPU, fp32 on CPU)."):
+    return click.option("--dtype", type=DtypeChoice(choices), default=default, show_default=True,
+                        help=help + " Long spellings (float32, bfloat16, float16) are accepted too.")
 
 
 def seed_option(f):

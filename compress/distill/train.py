@@ -457,6 +457,13 @@ def _warn_not_dckd(student, progress) -> None:
         progress.warn(f"adpa+ starts from a DCKD-trained student, but {student} was not made by `distill --method dckd`")
 
 
+def _result_table(result: dict[str, Any]) -> str:
+    """The run's final figures as a two-column Markdown table (for the model card)."""
+    rows = [(k, v) for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    body = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows)
+    return "| figure | value |\n|---|---|\n" + body if rows else ""
+
+
 def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg: DistillConfig, inputs,
                   force: bool, result: dict[str, Any], history, **sources) -> None:
     from compress.checkpoint import TensorSpec, save_checkpoint
@@ -476,7 +483,8 @@ def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg:
               **{k: (str(v) if v else None) for k, v in sources.items()}}
     save_checkpoint(output, specs, produce, config=dict(ck.config), inputs=inputs, side_files=ck.side_files(),
                     force=force, recipe=recipe,
-                    extra={"result": result, "history": history[-200:]})
+                    extra={"result": result, "history": history[-200:]}, method=cfg.method, tags=("distill",),
+                    report=_result_table(result))
 
 
 def distill(student: str | os.PathLike[str], data: str | os.PathLike[str], output: str | os.PathLike[str],

@@ -731,7 +731,8 @@ def execute(plan: MergePlan, output: str | os.PathLike[str], *, device: str = "c
         save_checkpoint(output, specs, produce, config=plan.config, inputs=[str(p) for p in plan.models],
                         side_files=plan.side_files, force=force, max_shard_size=max_shard_size, command=command,
                         recipe=resolved, extra={"merge_method": plan.method.name, "seed": seed,
-                                                "device": str(dev), "threads": threads}, files=files)
+                                                "device": str(dev), "threads": threads}, files=files,
+                        method=plan.method.name, tags=("merge",))
     finally:
         loader.close()
         torch.set_num_threads(intra)

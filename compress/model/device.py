@@ -12,18 +12,28 @@ DTYPES = {
     "fp16": torch.float16, "float16": torch.float16,
 }
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+# Every spelling a user meets: compress's short names, torch / transformers / mergekit's long ones.
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float": "fp32"}
+
+
+def canonical_dtype_name(name: str) -> str | None:
+    """'bfloat16' / 'BF16' / 'torch.bfloat16' -> 'bf16'; 'auto' -> 'auto'; unknown -> None."""
+    key = str(name).strip().lower().removeprefix("torch.")
+    key = DTYPE_ALIASES.get(key, key)
+    return key if key in DTYPE_CHOICES else None
 
 
 def parse_dtype(name: str | torch.dtype | None, default: torch.dtype | None = None) -> torch.dtype | None:
     """'bf16' -> torch.bfloat16; 'auto'/None -> `default` (None means: as stored)."""
     if isinstance(name, torch.dtype):
         return name
-    if name in (None, "auto"):
+    if name is None:
         return default
-    try:
-        return DTYPES[str(name).lower()]
-    except KeyError:
-        raise CompressError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}") from None
+    key = canonical_dtype_name(name)
+    if key is None:
+        raise CompressError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)} "
+                            f"(or float32, bfloat16, float16)")
+    return default if key == "auto" else DTYPES[key]
 
 
 def parse_device(name: str | torch.device | None) -> torch.device:

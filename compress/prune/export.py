@@ -317,6 +317,8 @@ def export_pruned(
             extra={"export": record, **(extra or {})},
             files=plan.files,
             before_commit=before_commit,
+            method=str(((extra or {}).get("prune") or {}).get("method", "prune")),
+            tags=("prune", f"export-{record.get('mode', 'physical')}"),
         )
     finally:
         ckpt.close()
