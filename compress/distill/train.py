@@ -466,6 +466,7 @@ def _result_table(result: dict[str, Any]) -> str:
 
 def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg: DistillConfig, inputs,
                   force: bool, result: dict[str, Any], history, **sources) -> None:
+    from compress.arch.remote_code import pruned_modeling_files
     from compress.checkpoint import TensorSpec, save_checkpoint
 
     sd = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in state_dict.items()}
@@ -481,8 +482,9 @@ def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg:
 
     recipe = {"method": cfg.method, **{k: v for k, v in asdict(cfg).items() if k != "extra"}, **cfg.extra,
               **{k: (str(v) if v else None) for k, v in sources.items()}}
-    save_checkpoint(output, specs, produce, config=dict(ck.config), inputs=inputs, side_files=ck.side_files(),
-                    force=force, recipe=recipe,
+    config, code = pruned_modeling_files(dict(ck.config), names)  # modelling code from the package only
+    save_checkpoint(output, specs, produce, config=config, inputs=inputs, side_files=ck.side_files(),
+                    force=force, recipe=recipe, files=code,
                     extra={"result": result, "history": history[-200:]}, method=cfg.method, tags=("distill",),
                     report=_result_table(result))
 
