@@ -146,12 +146,18 @@ def check_output_file(output: PathLike, inputs: Sequence[PathLike] = (), force: 
     return out
 
 
-def check_checkpoint_dir(path: PathLike, inputs: Sequence[PathLike] = ()) -> Path:
-    """Validate a folder of training checkpoints: not a file, not the current folder, no input's inside or outside."""
+def check_checkpoint_dir(path: PathLike, inputs: Sequence[PathLike] = (), output: PathLike | None = None) -> Path:
+    """Validate a folder of training checkpoints: not a file, not the current folder, not an input nor
+    inside or around one, and apart from the `output` folder (which is replaced at the end)."""
     p = Path(path).resolve()
     if p.exists() and not p.is_dir():
         raise CompressError(f"checkpoint folder {path} exists and is a file: choose a folder name")
     _check_place(p, path, inputs, "checkpoint folder")
+    if output is not None:
+        out = Path(output).resolve()
+        if p == out or out in p.parents or p in out.parents:
+            raise CompressError(f"checkpoint folder {path} and output {output} overlap: keep them apart "
+                                f"(default: {output}.checkpoints)")
     return p
 
 

@@ -276,13 +276,15 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
     from transformers import get_scheduler
 
     from compress import progress
-    from compress.checkpoint.atomic import check_output
+    from compress.checkpoint.atomic import check_checkpoint_dir, check_output
     from compress.checkpoint.reader import Checkpoint
     from compress.model import load_model, load_tokenizer
+    from compress.model.device import parse_device
 
     cfg.validate()
     m = cfg.method
-    inputs = [str(student), str(data)] + [p for p in (teacher, ref_teacher, ref_model) if p]
+    inputs = [str(student), str(data)] + [p for p in (teacher, ref_teacher, ref_model, teacher_cache) if p]
+    parse_device(device)  # refuses mps/meta, and cuda without a GPU, before any work
     check_output(output, inputs, force)
     if m in TEACHER_SLOTS and not (teacher or teacher_cache):
         raise CompressError(f"--method {m} needs a teacher: give --teacher MODEL or --teacher-cache FOLDER")
@@ -290,6 +292,7 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
         raise CompressError(f"--method {m} needs the reference teacher (the DPO teacher's SFT starting point): "
                             "give --ref-teacher MODEL")
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else Path(str(output) + ".checkpoints")
+    check_checkpoint_dir(ckpt_dir, inputs, output)
 
     # Accelerate keeps one global state per process: a second run in the same process (API use, tests)
     # with another precision or device must start from a clean state. The process group survives.
