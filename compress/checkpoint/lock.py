@@ -117,8 +117,13 @@ def acquire(out: Path) -> None:
         if not same:
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{_LOCK_TAG} {os.getpid()} {HOST}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{_LOCK_TAG} {os.getpid()} {HOST}\n".encode(), 0)
+        except OSError as e:
+            _drop(path, fd)
+            what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
+            raise CompressError(f"cannot write in {out.parent}: {what}") from None
         _held[path] = fd
         return
 
