@@ -232,6 +232,8 @@ HOSTILE = {
     "config is a list": lambda d: (d / "config.json").write_text("[]"),
     "weight_map is a list": lambda d: (d / "model.safetensors.index.json").write_text('{"weight_map": []}'),
     ".bin holds a list": _bin_list,
+    "pruned map is a string": lambda d: (d / "config.json").write_text(
+        json.dumps({**json.loads((d / "config.json").read_text()), "compress_pruned_blocks": "all"})),
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from compress.arch.blocks import PRUNED_KEY
+from compress.arch.blocks import PRUNED_KEY, pruned_blocks
 from compress.arch.families import Family, family_for
 from compress.errors import CompressError
 
@@ -63,14 +63,14 @@ def pruned_modeling_files(config: dict[str, Any], names: list[str]) -> tuple[dic
 
     When the config lists pruned blocks, the file is rendered from the template for the model's
     family and `auto_map` points at its class; otherwise the module is dropped from `auto_map` and
-    no file is returned. The input config is not modified."""
+    no file is returned. A malformed `compress_pruned_blocks` is refused (CompressError). The input
+    config is not modified."""
     cfg = dict(config)
     auto = {k: v for k, v in (cfg.get("auto_map") or {}).items()
             if not (isinstance(v, str) and v.startswith(MODELING_MODULE + "."))} \
         if isinstance(cfg.get("auto_map"), dict) else {}
-    pruned = cfg.get(PRUNED_KEY)
     files: dict[str, str] = {}
-    if isinstance(pruned, dict) and any(pruned.get(k) for k in pruned):
+    if any(pruned_blocks(cfg).values()):  # refuses a malformed map
         src, cls = remote_modeling_source(family_for(cfg, names), str(cfg.get("model_type", "")))
         auto["AutoModelForCausalLM"] = f"{MODELING_MODULE}.{cls}"
         files[MODELING_FILE] = src
