@@ -24,7 +24,7 @@ from compress.arch.remote_code import MODELING_FILE, remote_modeling_source
 from compress.checkpoint import lock
 from compress.cli import main
 from compress.prune.export import export_pruned
-from tests.fixtures import WIKI_VALID, make_tiny_model
+from tests.fixtures import WIKI_VALID, make_tiny_model, snapshot, user_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -57,22 +57,8 @@ def error_line(argv, capsys) -> str:
     return lines[0]
 
 
-def snapshot(path: Path) -> dict[str, object]:
-    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else stat.S_IMODE(p.stat().st_mode))
-            for p in [path, *sorted(path.rglob("*"))]}
-
-
 def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".lock")]
-
-
-def user_folder(path: Path) -> Path:
-    path.mkdir()
-    (path / "thesis.tex").write_text("\\chapter{Four years}")
-    (path / "photos").mkdir()
-    (path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8\xff")
-    os.chmod(path, 0o751)
-    return path
 
 
 def commands(w: dict[str, Path], out: Path) -> dict[str, list]:

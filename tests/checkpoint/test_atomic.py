@@ -27,22 +27,9 @@ from compress.checkpoint.atomic import (
     written_by_compress,
 )
 from compress.errors import CompressError
+from tests.fixtures import snapshot, user_folder
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _user_folder(path: Path) -> Path:
-    path.mkdir()
-    (path / "thesis.txt").write_text("four years of work")
-    (path / "photos").mkdir()
-    (path / "photos" / "a.jpg").write_bytes(b"\xff\xd8jpeg")
-    os.chmod(path, 0o751)
-    return path
-
-
-def _snapshot(path: Path) -> dict[str, bytes | int]:
-    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else stat.S_IMODE(p.stat().st_mode))
-            for p in [path, *path.rglob("*")]}
 
 
 def _hidden(parent: Path) -> list[str]:
@@ -64,11 +51,11 @@ def _dead_pid() -> int:
 # ---------------------------------------------------------------- what --force may replace
 
 def test_force_refuses_a_folder_compress_did_not_write(tmp_path):
-    user = _user_folder(tmp_path / "user")
-    before = _snapshot(user)
+    user = user_folder(tmp_path / "user")
+    before = snapshot(user)
     with pytest.raises(CompressError, match="not written by compress"):
         _write(user, force=True)
-    assert _snapshot(user) == before and _hidden(tmp_path) == []
+    assert snapshot(user) == before and _hidden(tmp_path) == []
 
 
 def test_force_replaces_a_compress_output_and_keeps_its_mode(tmp_path):
