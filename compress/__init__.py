@@ -25,7 +25,21 @@ _os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # of a merge's CPU time (bench/merge_vs_mergekit.py). Export THP_MEM_ALLOC_ENABLE=0 to opt out.
 _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from compress.api import convert, distill, evaluate, inspect, load, merge, perplexity, prune  # noqa: E402
 from compress.errors import CompressError  # noqa: E402
 
-__all__ = ["CompressError", "__version__", "convert", "distill", "evaluate", "inspect", "load", "merge", "perplexity", "prune"]
+_API = ("convert", "distill", "evaluate", "inspect", "load", "merge", "perplexity", "prune")
+__all__ = ["CompressError", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    # The API (and torch under it) is imported on first use, not by `import compress`: the command
+    # line imports it inside its own error handling, so a Ctrl-C during `import torch` is handled too.
+    if name in _API:
+        from compress import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'compress' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -144,3 +144,21 @@ def make_tiny_model(path: str | os.PathLike[str], family: str = "llama", layers:
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path
+
+
+def user_folder(path: Path) -> Path:
+    """A folder of a user's own files (not written by compress), mode 0751."""
+    path.mkdir()
+    (path / "thesis.tex").write_text("\\chapter{Four years}")
+    (path / "photos").mkdir()
+    (path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8\xff")
+    os.chmod(path, 0o751)
+    return path
+
+
+def snapshot(path: Path) -> dict[str, object]:
+    """Every file's bytes and every folder's mode below `path`: equal snapshots, nothing changed."""
+    import stat
+
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else stat.S_IMODE(p.stat().st_mode))
+            for p in [path, *sorted(path.rglob("*"))]}

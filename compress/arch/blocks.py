@@ -8,6 +8,7 @@ from typing import Any
 
 from compress.arch.families import ATTN, BLOCK_KINDS, MLP, Family, block_of, family_for, kind_of, num_layers
 from compress.checkpoint.reader import Checkpoint
+from compress.errors import CompressError
 
 PRUNED_KEY = "compress_pruned_blocks"
 
@@ -15,7 +16,12 @@ PRUNED_KEY = "compress_pruned_blocks"
 def pruned_blocks(config: dict[str, Any]) -> dict[str, list[int]]:
     """Blocks a `compress prune` checkpoint has removed from its (renumbered) layers."""
     raw = config.get(PRUNED_KEY) or {}
-    return {kind: sorted(int(i) for i in raw.get(kind, [])) for kind in BLOCK_KINDS}
+    bad = not isinstance(raw, dict) or any(
+        not isinstance(raw.get(k, []), list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw.get(k, []))
+        for k in BLOCK_KINDS)
+    if bad:
+        raise CompressError(f"config.json: {PRUNED_KEY} must be an object of layer-index lists under 'attn' and 'mlp'")
+    return {kind: sorted(raw.get(kind, [])) for kind in BLOCK_KINDS}
 
 
 @dataclass

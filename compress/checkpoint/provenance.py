@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 import platform
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
+
+from compress.jsonsafe import dumps
 
 PROVENANCE_FILE = "compress.json"
 
@@ -75,5 +76,5 @@ def write_provenance(folder: str | os.PathLike[str], *, inputs: list[str] | tupl
     if extra:
         record.update(extra)
     path = Path(folder) / PROVENANCE_FILE
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    path.write_text(dumps(record, indent=2) + "\n")
     return path

@@ -36,7 +36,6 @@ SIDE_FILES = (
     "chat_template.jinja",
     "chat_template.json",
     "generation_config.json",
-    "modeling_compress_pruned.py",  # remote code of a `compress prune` checkpoint (auto_map)
 )
 
 _ST_DTYPES = {
@@ -78,7 +77,10 @@ class TensorInfo:
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """Parse and validate a safetensors header; raise CompressError on a corrupt/truncated file."""
+    """Parse and validate a safetensors header; raise CompressError on a corrupt/truncated file.
+
+    The header is validated by the safetensors library itself (types of every field, offsets that
+    tile the data exactly, no overlap); the checks here only make its messages specific."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -97,30 +99,27 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         raise CompressError(f"corrupt safetensors file {path}: header is not valid JSON") from None
     if not isinstance(header, dict):
         raise CompressError(f"corrupt safetensors file {path}: header is not a JSON object")
-    data_len = size - 8 - n
+    _validate_with_safetensors(path, header, size - 8 - n)
     for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = meta["data_offsets"]
-            dtype = meta["dtype"]
-            shape = meta["shape"]
-        except (KeyError, TypeError, ValueError):
-            raise CompressError(f"corrupt safetensors file {path}: bad entry for tensor {name!r}") from None
-        if dtype not in _ST_DTYPES or _ST_DTYPES[dtype] is None:
-            raise CompressError(f"unsupported dtype {dtype} for tensor {name!r} in {path}")
-        if end > data_len:
-            raise CompressError(
-                f"truncated safetensors file {path}: tensor {name!r} ends at byte {end} "
-                f"but the file holds {data_len} data bytes"
-            )
-        numel = 1
-        for s in shape:
-            numel *= s
-        esize = torch.empty((), dtype=_ST_DTYPES[dtype]).element_size()
-        if end - begin != numel * esize:
-            raise CompressError(f"corrupt safetensors file {path}: tensor {name!r} has the wrong byte size")
+        if name != "__metadata__" and _ST_DTYPES.get(meta["dtype"]) is None:
+            raise CompressError(f"unsupported dtype {meta['dtype']} for tensor {name!r} in {path}")
     return header
+
+
+def _validate_with_safetensors(path: Path, header: dict[str, Any], data_len: int) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu"):
+            return
+    except Exception as e:  # noqa: BLE001 - SafetensorError, or an OSError while mapping the file
+        reason = str(e).removeprefix("Error while deserializing header: ")
+    if "not fully covered" in reason:  # the types were fine: data_offsets are pairs of integers
+        end, name = max((m["data_offsets"][1], k) for k, m in header.items() if k != "__metadata__")
+        if end > data_len:
+            raise CompressError(f"truncated safetensors file {path}: tensor {name!r} ends at byte {end} "
+                                f"but the file holds {data_len} data bytes")
+    raise CompressError(f"corrupt safetensors file {path}: {reason}")
 
 
 class Checkpoint:
@@ -143,9 +142,14 @@ class Checkpoint:
         if not cfg.is_file():
             raise CompressError(f"not a model folder: {self.path} has no config.json")
         try:
-            self.config: dict[str, Any] = json.loads(cfg.read_text())
+            self.config: dict[str, Any] = json.loads(cfg.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CompressError(f"invalid config.json in {self.path}: {e}") from None
+        except OSError as e:
+            raise CompressError(f"cannot read {cfg}: {e.strerror}") from None
+        if not isinstance(self.config, dict):
+            raise CompressError(f"invalid config.json in {self.path}: a JSON object is expected, "
+                                f"not a {type(self.config).__name__}")
         self._tensors: dict[str, TensorInfo] = {}
         self._handles: dict[Path, Any] = {}
         self._bin_cache: dict[Path, dict[str, torch.Tensor]] = {}
@@ -182,11 +186,17 @@ class Checkpoint:
 
     def _files_from_index(self, index: Path) -> list[Path]:
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             raise CompressError(f"invalid index file {index}: no weight_map") from None
+        except OSError as e:
+            raise CompressError(f"cannot read {index}: {e.strerror}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CompressError(f"invalid index file {index}: weight_map must map tensor names to shard file names")
         files = []
         for shard in dict.fromkeys(weight_map.values()):
+            if Path(shard).name != shard or shard in ("", ".", ".."):
+                raise CompressError(f"invalid index file {index}: shard {shard!r} is not a file name in {self.path}")
             f = self.path / shard
             if not f.is_file():
                 raise CompressError(f"index {index.name} names a missing shard: {shard}")
@@ -208,6 +218,8 @@ class Checkpoint:
             sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # noqa: BLE001 - any failure here is a bad file
             raise CompressError(f"cannot read {f} (loaded with weights_only=True): {str(e).splitlines()[0]}") from None
+        if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in sd.items()):
+            raise CompressError(f"cannot read {f}: it holds a {type(sd).__name__}, not a mapping of tensor names to tensors")
         self._bin_cache[f] = sd
         for name, t in sd.items():
             self._tensors[name] = TensorInfo(name, tuple(t.shape), t.dtype, f)
@@ -259,8 +271,9 @@ class Checkpoint:
         return list(self.config.get("architectures") or [])
 
     def side_files(self) -> list[Path]:
-        """Tokenizer, chat-template and generation-config files present in the folder."""
-        return [self.path / n for n in SIDE_FILES if (self.path / n).is_file()]
+        """Tokenizer, chat-template and generation-config files present in the folder: never code
+        (an output's modelling code is rendered from the package, `compress.arch.remote_code`)."""
+        return [self.path / n for n in SIDE_FILES if not n.endswith(".py") and (self.path / n).is_file()]
 
     def close(self) -> None:
         self._handles.clear()

@@ -7,6 +7,7 @@ on stdout. User errors (bad options included) print one `error:` line on stderr 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import os
@@ -67,28 +68,51 @@ def _terminate(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+# File-system conditions a user causes or meets (full or read-only disk, permissions): one line, not a traceback.
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EBUSY,
+               errno.EMFILE, errno.ENFILE, errno.ENAMETOOLONG}
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run one command; every user error, Ctrl-C and SIGTERM ends here as one line and an exit code.
+
+    Everything that imports torch or the commands happens inside the `try`, so a Ctrl-C during
+    those imports is handled like any other."""
     try:
+        _quiet_libraries()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
         rv = cli.main(args=argv, prog_name="compress", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except CompressError as e:
         click.echo(f"error: {e}", err=True)
-        code = 1
     except click.exceptions.Exit as e:
-        code = e.exit_code
+        return e.exit_code
     except click.UsageError as e:
         # A bad option is bad input like any other: one line, exit 1 (not click's usage block and 2).
         where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
         click.echo(f"error: {e.format_message()}{where}", err=True)
-        code = 1
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
-        code = 1
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted: nothing was written", err=True)
+        return 130
+    except OSError as e:
+        if e.errno not in _ENV_ERRNOS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"error: {e.strerror}{where}", err=True)
+    finally:
+        lock = sys.modules.get("compress.checkpoint.lock")
+        if lock is not None:  # locks of outputs this command checked but did not write
+            lock.release_all()
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _run(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one was being reported
         code = 130
     if argv is None:
         sys.exit(code)

@@ -130,6 +130,7 @@ def cache_teacher_cmd(teacher, data, max_length, max_prompt_length, long_prompt,
     the tokenised data and refuses other data.
     """
     from compress import progress
+    from compress.checkpoint.atomic import check_output
     from compress.data.preference import SLOTS, read_preference
     from compress.distill.teacher import check_same_vocab, default_cache_dir, write_cache
     from compress.errors import CompressError
@@ -140,6 +141,8 @@ def cache_teacher_cmd(teacher, data, max_length, max_prompt_length, long_prompt,
     if bad or not want:
         raise CompressError(f"unknown slot {bad[0] if bad else slots!r}: choose from {', '.join(SLOTS)}")
     out = output or str(default_cache_dir(data, teacher, k))
+    inputs = (teacher, data, *([ref_teacher] if ref_teacher else []))
+    check_output(out, inputs, force)  # before any work; write_cache checks again and writes atomically
     tok = load_tokenizer(teacher)
     ds = read_preference(data, tok, max_length, max_prompt_length, long_prompt, limit)
     if ds.skipped_long:
@@ -151,7 +154,7 @@ def cache_teacher_cmd(teacher, data, max_length, max_prompt_length, long_prompt,
     model = load_model(teacher, device, dtype)
     with progress.progress_bar("teacher cache", len(ds.examples) * len(want)) as adv:
         path = write_cache(out, model, tok, ds, want, k, str(teacher), ref, ref_teacher, batch_size, force,
-                           inputs=(teacher,), advance=adv)
+                           inputs=inputs, advance=adv)
     res = {"cache": str(path), "pairs": len(ds.examples), "slots": list(want), "k": k,
            "skipped_long_prompts": ds.skipped_long}
     if as_json:
@@ -177,15 +180,22 @@ def generate_cmd(student, data, max_length, max_prompt_length, long_prompt, limi
     """Add STUDENT's own response (`student_response`) to every pair of --data; write the jsonl to -o."""
     from compress import progress
     from compress.data.preference import read_preference
-    from compress.distill.generate import generate_responses, write_generated
+    from compress.distill.generate import (
+        check_generated_output,
+        check_temperature,
+        generate_responses,
+        write_generated,
+    )
     from compress.model import load
 
+    check_temperature(temperature)
+    check_generated_output(output, [student, data], force)
     model, tok = load(student, device, dtype)
     ds = read_preference(data, tok, max_length, max_prompt_length, long_prompt, limit)
     with progress.progress_bar("generate", len(ds.examples)) as adv:
         resp = generate_responses(model, tok, [ex.prompt for ex in ds.examples], max_new_tokens, batch_size,
                                   temperature, seed, adv)
-    path = write_generated(ds, resp, output, force)
+    path = write_generated(ds, resp, output, force, inputs=(student,))
     res = {"output": str(path), "pairs": len(resp), "skipped_long_prompts": ds.skipped_long}
     if as_json:
         emit_json(res)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -35,8 +34,26 @@ def output_option(required: bool = True):
     return click.option("-o", "--output", type=click.Path(), required=required, help="Output folder (written atomically).")
 
 
+class DeviceType(click.ParamType):
+    """cpu, cuda, cuda:N or auto, checked when the command line is read (mps, meta, a missing GPU: refused)."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        from compress.errors import CompressError
+        from compress.model.device import parse_device
+
+        text = str(value).strip()
+        try:
+            parse_device(text)
+        except CompressError as e:
+            self.fail(str(e), param, ctx)
+        return text
+
+
 def device_option(f):
-    return click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
+    return click.option("--device", type=DeviceType(), default="cpu", show_default=True,
+                        help="cpu, cuda, cuda:N or auto.")(f)
 
 
 def dtype_option(default: str = "auto", choices: tuple[str, ...] = DTYPE_CHOICES,
@@ -77,5 +94,8 @@ def json_option(f):
 
 
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
+    """One JSON object on stdout; NaN/Inf values are written as null and named under `non_finite`."""
+    from compress.jsonsafe import dumps
+
+    sys.stdout.write(dumps(obj) + "\n")
     sys.stdout.flush()

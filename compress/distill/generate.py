@@ -7,20 +7,28 @@ column (spec §3.3 item 6: never overwrite `rejected` with generated text), atom
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from compress.checkpoint.atomic import atomic_file, check_output_file
 from compress.data.preference import PreferenceData
 from compress.errors import CompressError
+
+
+def check_temperature(temperature: float) -> None:
+    if not math.isfinite(temperature) or temperature < 0:
+        raise CompressError(f"--temperature {temperature}: use 0 (greedy) or a positive number")
 
 
 @torch.no_grad()
 def generate_responses(model: torch.nn.Module, tokenizer, prompts: list[list[int]], max_new_tokens: int = 256,
                        batch_size: int = 8, temperature: float = 0.0, seed: int = 42, advance=None) -> list[str]:
     """Generate one response per prompt (token ids), left-padded batches; greedy when temperature is 0."""
+    check_temperature(temperature)
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
@@ -51,25 +59,32 @@ def generate_responses(model: torch.nn.Module, tokenizer, prompts: list[list[int
     return out
 
 
-def write_generated(data: PreferenceData, responses: list[str], output: str | os.PathLike[str],
-                    force: bool = False) -> Path:
-    """Copy the kept records of `data` with `student_response` added, written atomically."""
-    out = Path(output)
-    if out.exists() and not force:
-        raise CompressError(f"output {output} exists: pass --force to overwrite it")
-    if out.resolve() == Path(data.path).resolve():
-        raise CompressError(f"output {output} is the input data file: choose another file")
-    lines = Path(data.path).read_text(encoding="utf-8").splitlines()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+def is_generated(path: Path) -> bool:
+    """True when `path` looks like a file this module wrote: its first line is a JSON object with a
+    `student_response` (`--force` replaces only such a file)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for ex, resp in zip(data.examples, responses, strict=True):
-                rec = json.loads(lines[ex.line - 1])
-                rec["student_response"] = resp
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+        with open(path, encoding="utf-8") as f:
+            first = f.readline(1 << 20)
+        rec = json.loads(first)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(rec, dict) and "student_response" in rec
+
+
+def check_generated_output(output: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]],
+                           force: bool = False) -> Path:
+    """Validate `-o` before any work: a file, not an input nor inside one, replaced only with `force`
+    and only when it is an earlier output of this command; takes the output's lock."""
+    return check_output_file(output, inputs, force, is_ours=is_generated)
+
+
+def write_generated(data: PreferenceData, responses: list[str], output: str | os.PathLike[str],
+                    force: bool = False, inputs: Sequence[str | os.PathLike[str]] = ()) -> Path:
+    """Copy the kept records of `data` with `student_response` added, written atomically."""
+    lines = Path(data.path).read_text(encoding="utf-8").splitlines()
+    with atomic_file(output, [data.path, *inputs], force, is_ours=is_generated) as f:
+        for ex, resp in zip(data.examples, responses, strict=True):
+            rec = json.loads(lines[ex.line - 1])
+            rec["student_response"] = resp
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return Path(output)

@@ -276,13 +276,15 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
     from transformers import get_scheduler
 
     from compress import progress
-    from compress.checkpoint.atomic import check_output
+    from compress.checkpoint.atomic import check_checkpoint_dir, check_output
     from compress.checkpoint.reader import Checkpoint
     from compress.model import load_model, load_tokenizer
+    from compress.model.device import parse_device
 
     cfg.validate()
     m = cfg.method
-    inputs = [str(student), str(data)] + [p for p in (teacher, ref_teacher, ref_model) if p]
+    inputs = [str(student), str(data)] + [p for p in (teacher, ref_teacher, ref_model, teacher_cache) if p]
+    parse_device(device)  # refuses mps/meta, and cuda without a GPU, before any work
     check_output(output, inputs, force)
     if m in TEACHER_SLOTS and not (teacher or teacher_cache):
         raise CompressError(f"--method {m} needs a teacher: give --teacher MODEL or --teacher-cache FOLDER")
@@ -290,6 +292,7 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
         raise CompressError(f"--method {m} needs the reference teacher (the DPO teacher's SFT starting point): "
                             "give --ref-teacher MODEL")
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else Path(str(output) + ".checkpoints")
+    check_checkpoint_dir(ckpt_dir, inputs, output)
 
     # Accelerate keeps one global state per process: a second run in the same process (API use, tests)
     # with another precision or device must start from a clean state. The process group survives.
@@ -466,6 +469,7 @@ def _result_table(result: dict[str, Any]) -> str:
 
 def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg: DistillConfig, inputs,
                   force: bool, result: dict[str, Any], history, **sources) -> None:
+    from compress.arch.remote_code import pruned_modeling_files
     from compress.checkpoint import TensorSpec, save_checkpoint
 
     sd = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in state_dict.items()}
@@ -481,8 +485,9 @@ def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg:
 
     recipe = {"method": cfg.method, **{k: v for k, v in asdict(cfg).items() if k != "extra"}, **cfg.extra,
               **{k: (str(v) if v else None) for k, v in sources.items()}}
-    save_checkpoint(output, specs, produce, config=dict(ck.config), inputs=inputs, side_files=ck.side_files(),
-                    force=force, recipe=recipe,
+    config, code = pruned_modeling_files(dict(ck.config), names)  # modelling code from the package only
+    save_checkpoint(output, specs, produce, config=config, inputs=inputs, side_files=ck.side_files(),
+                    force=force, recipe=recipe, files=code,
                     extra={"result": result, "history": history[-200:]}, method=cfg.method, tags=("distill",),
                     report=_result_table(result))
 

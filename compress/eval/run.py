@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import json
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
+from compress import jsonsafe
 from compress.checkpoint.atomic import atomic_dir, check_output
 from compress.checkpoint.provenance import file_sha256
 from compress.checkpoint.reader import Checkpoint
@@ -244,7 +244,7 @@ def evaluate(
     }
     if output is not None:
         with atomic_dir(output, model_list, force) as tmp:
-            (tmp / "eval.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+            (tmp / "eval.json").write_text(jsonsafe.dumps(result, indent=2) + "\n")
             (tmp / "results.md").write_text(result["markdown"])
             bar_plot(table, task_list, tmp / "results.png")
         result["output"] = str(Path(output).resolve())

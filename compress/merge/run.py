@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from compress.arch import family_for, split_layer_name
+from compress.arch.remote_code import pruned_modeling_files
 from compress.checkpoint import Checkpoint, TensorSpec, check_output, save_checkpoint
 from compress.checkpoint.reader import read_safetensors_header
 from compress.checkpoint.writer import DEFAULT_MAX_SHARD
@@ -728,10 +729,11 @@ def execute(plan: MergePlan, output: str | os.PathLike[str], *, device: str = "c
                                                     **({"tokenizer": plan.tokenizer_info} if plan.tokenizer_info else {}),
                                                     "tensors": per_tensor},
                                                    indent=1, default=str) + "\n"}
-        save_checkpoint(output, specs, produce, config=plan.config, inputs=[str(p) for p in plan.models],
+        config, code = pruned_modeling_files(plan.config, [t.out for t in plan.tasks])  # code from the package only
+        save_checkpoint(output, specs, produce, config=config, inputs=[str(p) for p in plan.models],
                         side_files=plan.side_files, force=force, max_shard_size=max_shard_size, command=command,
                         recipe=resolved, extra={"merge_method": plan.method.name, "seed": seed,
-                                                "device": str(dev), "threads": threads}, files=files,
+                                                "device": str(dev), "threads": threads}, files={**files, **code},
                         method=plan.method.name, tags=("merge",))
     finally:
         loader.close()

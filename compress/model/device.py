@@ -37,16 +37,24 @@ def parse_dtype(name: str | torch.dtype | None, default: torch.dtype | None = No
 
 
 def parse_device(name: str | torch.device | None) -> torch.device:
-    if isinstance(name, torch.device):
-        return name
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (a GPU when there is one) -> torch.device.
+
+    Other device types (mps, meta, xpu, ...) are refused: the commands are written and tested for
+    CPU and CUDA, and `meta` holds no data at all."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CompressError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CompressError(f"device {name} requested but no CUDA GPU is available: use --device cpu")
+        dev = name if isinstance(name, torch.device) else torch.device(str(name).strip())
+    except (RuntimeError, ValueError, TypeError):
+        raise CompressError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CompressError(f"device {name} is not supported: use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CompressError(f"device {name} requested but no CUDA GPU is available: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CompressError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                                f"numbered from 0")
     return dev
 
 

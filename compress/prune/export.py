@@ -26,7 +26,6 @@ import copy
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from compress.arch import (
     num_layers,
     split_layer_name,
 )
+from compress.arch.remote_code import MODELING_FILE, remote_modeling_source
 from compress.checkpoint.reader import Checkpoint
 from compress.checkpoint.save import save_checkpoint
 from compress.checkpoint.writer import ShardedWriter, TensorSpec
@@ -50,8 +50,6 @@ from compress.errors import CompressError
 from compress.progress import progress_bar
 
 MODES = ("physical", "zeroed")
-MODELING_FILE = "modeling_compress_pruned.py"
-TEMPLATE = "remote_modeling.py.tmpl"
 # Index-based config fields of other architectures that cannot be remapped when layers are deleted.
 _UNMAPPABLE = ("mlp_only_layers", "first_k_dense_replace", "decoder_sparse_step", "moe_layer_freq")
 
@@ -119,32 +117,6 @@ def _layer_lists(cfg: dict[str, Any], family: Family, n: int) -> dict[str, list[
         if name not in out and name != PRUNED_KEY and "layer" in name and isinstance(value, list) and len(value) == n:
             out[name] = list(value)
     return out
-
-
-def remote_modeling_source(family: Family, model_type: str) -> tuple[str, str]:
-    """(source of modeling_compress_pruned.py, class name) for a transformers model type."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    base = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
-    if base is None:
-        raise CompressError(
-            f"transformers has no causal-LM class for model_type {model_type!r}: cannot write loadable modeling code "
-            "for partially pruned layers (remove whole layers, or use --export zeroed)"
-        )
-    cls = f"CompressPruned{base}"
-    body = family.layers.rsplit(".", 1)[0]
-    text = resources.files("compress.prune").joinpath(TEMPLATE).read_text(encoding="utf-8")
-    for key, value in {
-        "__BASE_CLASS__": base,
-        "__CLASS__": cls,
-        "__ATTN_MODULES__": repr(tuple(family.attn)),
-        "__MLP_MODULES__": repr(tuple(family.mlp)),
-        "__ATTN_MODULE__": repr(family.attn_module),
-        "__MLP_MODULE__": repr(family.mlp_module),
-        "__BODY__": repr(body),
-    }.items():
-        text = text.replace(key, value)
-    return text, cls
 
 
 def write_modeling_code(folder: str | os.PathLike[str], family: Family) -> None:

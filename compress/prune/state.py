@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from compress.checkpoint.atomic import replace_file
 from compress.checkpoint.reader import Checkpoint
 from compress.errors import CompressError
 
@@ -48,9 +49,7 @@ def fingerprint(ckpt: Checkpoint, windows: torch.Tensor, settings: dict[str, Any
 
 def save_state(path: Path, fp: dict[str, Any], search_state: dict[str, Any]) -> None:
     """Write atomically (temp file + rename): an interruption never leaves a broken state."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"version": VERSION, "fingerprint": fp, "search": search_state}, default=str))
-    os.replace(tmp, path)
+    replace_file(path, json.dumps({"version": VERSION, "fingerprint": fp, "search": search_state}, default=str))
 
 
 def load_state(path: Path, fp: dict[str, Any]) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def _leftovers(parent):
 
 def test_atomic_refuses_existing_without_force(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    _save(out)
     (out / "keep.txt").write_text("precious")
     with pytest.raises(CompressError, match="--force"):
         _save(out)
@@ -118,7 +118,7 @@ def test_failure_leaves_nothing(tmp_path, exc):
 
 def test_failure_with_force_keeps_old_output(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    _save(out)
     (out / "old.txt").write_text("old")
     with pytest.raises(RuntimeError):
         _save(out, produce_fail=RuntimeError("x"), force=True)

@@ -280,8 +280,7 @@ def test_llama_shaped_unknown_architecture(tmp_path):
 
 
 def test_existing_output_needs_force(tiny_llama, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
+    out = export_pruned(tiny_llama, tmp_path / "out", REMOVED)  # --force replaces only a compress output
     (out / "keep.txt").write_text("x")
     with pytest.raises(CompressError, match="--force"):
         export_pruned(tiny_llama, out, REMOVED)
