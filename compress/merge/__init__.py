@@ -47,7 +47,8 @@ def merge(recipe: str | os.PathLike[str] | dict[str, Any] | None, output: str | 
     import yaml
 
     from compress.merge.recipe import load_recipe, parse_recipe
-    from compress.merge.run import build_plan, execute
+    from compress.merge.execute import execute
+    from compress.merge.plan import build_plan
 
     recipe_dir = None
     if recipe is None:

@@ -5,8 +5,8 @@ Given (already trimmed / dropped) task vectors δ̂_i and weights w_i:
   m_i = [sign(u_i) = s] (zeros never agree);
   θ = θ_b + λ · Σ_i m_i u_i / Σ_i m_i w_i   (divisor only if normalize; a zero divisor becomes 1).
 Without consensus (`consensus=None`) this is task arithmetic on δ̂: θ_b + λ · Σ u_i (/ Σ w_i).
-This one function is mergekit's "generalized task arithmetic" core shared by ties, dare_*,
-breadcrumbs*, della*.
+`merge_sparse` is the consensus combine of ties, dare_ties, breadcrumbs_ties and della
+(`task_arithmetic.generalized_task_arithmetic`).
 """
 
 from __future__ import annotations
@@ -31,33 +31,15 @@ def elect_sign(weighted: torch.Tensor, method: str = "sum") -> torch.Tensor:
     return torch.where(total >= 0, 1.0, -1.0).to(weighted.dtype)
 
 
-def merge_deltas(base: torch.Tensor, deltas: Sequence[torch.Tensor], weights: Sequence[float], *,
-                 consensus: str | None = "sum", normalize: bool = True, lam: float = 1.0,
-                 chunk: int = 1 << 20) -> torch.Tensor:
-    """Combine sparsified task vectors with optional TIES sign consensus.
-
-    Elementwise, so it runs over flat chunks of `chunk` entries: the stacked [N, chunk]
-    temporaries stay small whatever the tensor size.
-    """
-    out = torch.empty_like(base)
-    flat_out, flat_base = out.reshape(-1), base.reshape(-1)
-    flats = [d.reshape(-1) for d in deltas]
-    w = torch.tensor([float(x) for x in weights], dtype=base.dtype, device=base.device).reshape(-1, 1)
-    for start in range(0, flat_base.numel(), chunk):
-        sl = slice(start, start + chunk)
-        flat_out[sl] = _combine(flat_base[sl], [f[sl] for f in flats], w, consensus, normalize, lam)
-    return out
-
-
 def merge_sparse(base: torch.Tensor, inputs: Sequence[torch.Tensor], plans: Sequence[Sparse],
                  weights: Sequence[float], *, consensus: str | None = "sum", normalize: bool = True,
                  lam: float = 1.0, out_dtype: torch.dtype | None = None,
                  device: torch.device | None = None) -> torch.Tensor:
-    """`merge_deltas` on δ_i = inputs_i − base sparsified by `plans`, built chunk by chunk.
+    """TIES combine of δ_i = inputs_i − base sparsified by `plans`, built chunk by chunk.
 
-    Inputs stay in their stored dtype; each chunk of δ_i is formed in fp32, sparsified (the plans
-    hold whole-tensor selections) and combined exactly as `merge_deltas` combines it, and the
-    result chunk is written in `out_dtype`.
+    The combine is elementwise: inputs stay in their stored dtype, each chunk of δ_i is formed in
+    fp32, sparsified (the plans hold whole-tensor selections) and combined, and the result chunk is
+    written in `out_dtype`; the [N, chunk] temporaries stay small whatever the tensor size.
     """
     dev = device or base.device
     out = torch.empty(base.shape, dtype=out_dtype or torch.float32)
