@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from compress.checkpoint import Checkpoint, TensorSpec, check_output, save_checkpoint
-from compress.checkpoint.writer import DEFAULT_MAX_SHARD
+from compress.checkpoint.writer import DEFAULT_MAX_SHARD, parse_size
 from compress.errors import CompressError
 from compress.merge.methods import Job
 from compress.merge.methods.stream import tune_malloc
@@ -158,6 +158,7 @@ def execute(plan: MergePlan, output: str | os.PathLike[str], *, device: str = "c
     """Run the plan and write the merged checkpoint atomically; return a small report."""
     dev = parse_device(device)
     threads = check_threads(threads)
+    parse_size(max_shard_size)
     check_output(output, plan.models, force)
     tune_malloc()
     start = time.perf_counter()

@@ -426,3 +426,80 @@ def test_sce_index_tie_break_selects_by_variance_then_position():
     m = first_reference(var, k, True).astype(np.float32)
     want, _ = sce_reference(base.numpy(), ds, m)
     np.testing.assert_allclose(sce(base, ts, 0.3, True, tie_break="index").numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+# ---- SCE: the variants and the zero cases -----------------------------------------------------
+def sce_fork_reference(base: np.ndarray, ts: list[np.ndarray], tau: float) -> np.ndarray:
+    """FuseChat-2.0's SCE (the FuseAI fork), in float64: the top-τ variance mask shapes η only; η is
+    uniform when Σ mean((M⊙δ)²) is exactly 0 (k = 0, or nothing changed); a zero divisor becomes 1."""
+    ds = np.stack([t.astype(np.float64) - base for t in ts])
+    var = ds.var(axis=0)
+    k = int(np.count_nonzero(var) * tau)
+    m = np.zeros(var.size)
+    if k > 0:
+        m[np.argsort(-var.ravel(), kind="stable")[:k]] = 1
+    m = m.reshape(var.shape) if tau < 1 else np.ones(var.shape)
+    stat = np.array([((d * m) ** 2).mean() for d in ds])
+    eta = np.full(len(ts), 1 / len(ts)) if stat.sum() == 0 else stat / stat.sum()
+    s = np.where(ds.sum(0) >= 0, 1, -1)
+    ew = eta.reshape(-1, *[1] * base.ndim) * (np.sign(ds) == s)
+    div = ew.sum(0)
+    return base + (ds * ew).sum(0) / np.where(div == 0, 1, div)
+
+
+def test_sce_fusechat2_finite_when_nothing_changed_or_k_is_zero():
+    """The old zero test `abs(total) < 0.0` was never true: η = 0/0 and an all-NaN tensor."""
+    base = rnd(16, 8, seed=1)
+    same = sce(base, [base.clone(), base.clone(), base.clone()], 0.1, mask_deltas=False)
+    assert bool(torch.isfinite(same).all())
+    torch.testing.assert_close(same, base)
+    # k = ⌊τ · nnz(v)⌋ = 0: M = 0, so η is uniform over the (full, fork) deltas
+    ts = [base + 0.01 * rnd(16, 8, seed=s) for s in (2, 3, 4)]
+    got = sce(base, ts, 0.005, mask_deltas=False)
+    want = sce_fork_reference(base.numpy(), [t.numpy() for t in ts], 0.005)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-7)
+    # one tensor-wide equal set: only one target moved
+    one = sce(base, [base.clone(), ts[0], base.clone()], 0.5, mask_deltas=False)
+    np.testing.assert_allclose(one.numpy(), sce_fork_reference(base.numpy(), [base.numpy(), ts[0].numpy(),
+                                                                               base.numpy()], 0.5), rtol=1e-5, atol=1e-7)
+    assert bool(torch.isfinite(sce(base, [base.clone()] * 2, 0.0, mask_deltas=False)).all())
+
+
+def test_sce_eta_zero_tests_of_both_variants():
+    # FuseChat-2.0: exact zero only; fine-tuning-sized statistics keep their weighting
+    np.testing.assert_allclose(sce_eta([1e-8, 3e-8], mask_deltas=False).numpy(), [0.25, 0.75], rtol=1e-6)
+    assert sce_eta([0.0, 0.0], mask_deltas=False).tolist() == [0.5, 0.5]
+    # mergekit: uniform below a sum of 1e-6, which such statistics are (documented, kept for parity)
+    assert sce_eta([1e-8, 3e-8], mask_deltas=True).tolist() == [0.5, 0.5]
+    np.testing.assert_allclose(sce_eta([1e-6, 3e-6], mask_deltas=True).numpy(), [0.25, 0.75], rtol=1e-6)
+
+
+# ---- exact rank selection without a sort ----------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_histogram_kth_value_matches_kthvalue_and_sort(dtype):
+    from compress.merge.methods.select import kth_smallest
+
+    g = torch.Generator().manual_seed(3)
+    a = (torch.randn(300_007, generator=g) * 0.02).to(dtype).float().abs()  # bf16 values: heavy ties
+    a[:50] = 0.0
+    a[50:60] = float(torch.finfo(torch.float32).tiny) / 4  # subnormals order too
+    srt = torch.sort(a).values
+    for j in (1, 2, 50, 51, 61, 1000, 150_000, 299_999, 300_007):
+        t, below, equal = kth_smallest(a, j)
+        assert t == float(torch.kthvalue(a, j).values) == float(srt[j - 1])
+        assert below == int((a < t).sum()) and equal == int((a == t).sum())
+
+
+def test_first_in_order_on_device_agnostic_ties_and_plans():
+    a = ((rnd(70_000, seed=9) * 12).round().abs() / 12)
+    for r in (1, 35_000, 69_999):
+        for desc in (True, False):
+            np.testing.assert_array_equal(first_in_order(a, r, desc).numpy(), first_reference(a.numpy(), r, desc))
+    # the plan on a tensor larger than one counting chunk, with the l1 rescale
+    d = (rnd(600_000, seed=2) * 40).round() / 40
+    plan = sp.magnitude_plan(d.clone(), 0.3, "l1", tie_break="index")
+    k = int(0.3 * d.numel())
+    want = first_reference(d.abs().numpy(), k, True)
+    np.testing.assert_array_equal(plan.keep.numpy(), want)
+    absd = d.abs().double().numpy()
+    assert float(plan.scale) == pytest.approx(absd.sum() / absd[want].sum(), rel=1e-6)
