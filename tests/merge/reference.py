@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from compress.merge.methods.sparsify import bernoulli_mask, breadcrumbs_cut, rescale_l1
@@ -77,3 +78,29 @@ def task_arithmetic(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights
                     normalize: bool = False, lam: float = 1.0) -> torch.Tensor:
     """θ_b + λ · Σ w_i (θ_i − θ_b), the sum divided by Σ w_i when `normalize`."""
     return merge_deltas(base, [t - base for t in tensors], weights, consensus=None, normalize=normalize, lam=lam)
+
+
+def first_reference(a: np.ndarray, r: int, descending: bool) -> np.ndarray:
+    """The first r entries in the order (value, then position) by numpy's stable lexicographic sort."""
+    order = np.lexsort((np.arange(a.size), -a if descending else a))
+    mask = np.zeros(a.size, dtype=bool)
+    mask[order[:r]] = True
+    return mask
+
+
+def sce_fork_reference(base: np.ndarray, ts: list[np.ndarray], tau: float) -> np.ndarray:
+    """FuseChat-2.0's SCE (the FuseAI fork), in float64: the top-τ variance mask shapes η only; η is
+    uniform when Σ mean((M⊙δ)²) is exactly 0 (k = 0, or nothing changed); a zero divisor becomes 1."""
+    ds = np.stack([t.astype(np.float64) - base for t in ts])
+    var = ds.var(axis=0)
+    k = int(np.count_nonzero(var) * tau)
+    m = np.zeros(var.size)
+    if k > 0:
+        m[np.argsort(-var.ravel(), kind="stable")[:k]] = 1
+    m = m.reshape(var.shape) if tau < 1 else np.ones(var.shape)
+    stat = np.array([((d * m) ** 2).mean() for d in ds])
+    eta = np.full(len(ts), 1 / len(ts)) if stat.sum() == 0 else stat / stat.sum()
+    s = np.where(ds.sum(0) >= 0, 1, -1)
+    ew = eta.reshape(-1, *[1] * base.ndim) * (np.sign(ds) == s)
+    div = ew.sum(0)
+    return base + (ds * ew).sum(0) / np.where(div == 0, 1, div)

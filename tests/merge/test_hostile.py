@@ -14,7 +14,7 @@ import torch
 from compress.merge import merge
 from tests.fixtures import make_tiny_model
 from tests.merge.conftest import make_variant
-from tests.merge.test_methods import sce_fork_reference
+from tests.merge.reference import sce_fork_reference
 from tests.merge.test_run import _bad, state, write
 
 
@@ -59,7 +59,7 @@ def test_non_finite_weights_are_one_error_before_work(merge_models, tmp_path, ca
         recipe = write(tmp_path, f"merge_method: {method}\nbase_model: {m['base']}\nmodels:\n  - model: {m['a']}\n"
                                  f"    parameters: {{weight: {value}, density: 0.5}}\n  - model: {m['b']}\n"
                                  f"    parameters: {{weight: 1, density: 0.5}}\n".replace(", density: 0.5", "" if method != "ties" else ", density: 0.5"))
-        _bad(["merge", str(recipe), "-o", str(out)], capsys, "weight", out)
+        _bad(["merge", str(recipe), "-o", str(out)], capsys, "weight must be a finite number", out)
     _bad(["merge", "--method", "ties", "--base", str(m["base"]), str(m["a"]), "--set", f"lambda={value}",
           "-o", str(out)], capsys, "lambda must be a finite number", out)
 

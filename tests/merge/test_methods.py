@@ -13,11 +13,10 @@ from compress.merge.methods import sparsify as sp
 from compress.merge.methods.linear import linear
 from compress.merge.methods.model_stock import model_stock, model_stock_t
 from compress.merge.methods.sce import sce, sce_eta
-from compress.merge.methods.select import first_in_order
 from compress.merge.methods.slerp import slerp
 from compress.merge.methods.varm import squared_change, varm_merge, varm_weights
 from tests.merge import reference as ref
-from tests.merge.reference import merge_deltas, task_arithmetic
+from tests.merge.reference import first_reference, merge_deltas, sce_fork_reference, task_arithmetic
 
 
 def rnd(*shape, seed=0):
@@ -380,42 +379,6 @@ def test_bf16_inputs_tiny_chunks_match_fp32_formulas(monkeypatch):
     np.testing.assert_allclose(model_stock(base, models).numpy(), want, rtol=1e-4, atol=1e-5)
 
 
-def first_reference(a: np.ndarray, r: int, descending: bool) -> np.ndarray:
-    """The first r entries in the order (value, then position) by numpy's stable lexicographic sort."""
-    order = np.lexsort((np.arange(a.size), -a if descending else a))
-    mask = np.zeros(a.size, dtype=bool)
-    mask[order[:r]] = True
-    return mask
-
-
-@pytest.mark.parametrize("descending", [True, False])
-def test_first_by_magnitude_is_value_then_position_order(descending):
-    a = ((rnd(50000, seed=4) * 30).round().abs() / 30).reshape(-1)  # few distinct values: ties everywhere
-    for r in (0, 1, 7, 12345, 25000, 49999, 50000):
-        got = first_in_order(a, r, descending).numpy()
-        np.testing.assert_array_equal(got, first_reference(a.numpy(), r, descending), err_msg=str(r))
-
-
-def test_index_tie_break_plans_match_reference_and_sort_plans_off_ties():
-    d = (rnd(40000, seed=5) * 40).round() / 40
-    a = d.abs().numpy()
-    n, k = d.numel(), int(0.4 * d.numel())
-    plan = sp.magnitude_plan(d.clone(), 0.4, "l1", tie_break="index")
-    want = first_reference(a, k, True)
-    np.testing.assert_array_equal(plan.keep.numpy(), want)
-    assert float(plan.scale) == pytest.approx(a.sum() / a[want].sum(), rel=1e-6)
-    # breadcrumbs: ascending ranks [n_bot, n - n_top)
-    n_bot, n_top = sp.breadcrumbs_cut(n, 0.5, 0.02)
-    bc = sp.breadcrumbs_plan(d.clone(), 0.5, 0.02, "none", tie_break="index")
-    np.testing.assert_array_equal(bc.keep.numpy(), first_reference(a, n - n_top, False) & ~first_reference(a, n_bot, False))
-    # against mergekit's sort order: the same entries off the threshold's ties, some others on them
-    srt = sp.magnitude_plan(d.clone(), 0.4, "none").keep.numpy()
-    t = np.sort(a)[::-1][k - 1]
-    assert srt.sum() == k and (srt == want)[a != t].all() and not (srt == want).all()
-    with pytest.raises(ValueError, match="tie_break"):
-        sp.magnitude_plan(d.clone(), 0.4, tie_break="random")
-
-
 def test_sce_index_tie_break_selects_by_variance_then_position():
     base = (rnd(4000, seed=7) * 8).round() / 8  # exact differences below
     ts = [base + 0.25 * rnd(4000, seed=i).sign() * (rnd(4000, seed=10 + i) > 0) for i in range(3)]  # few variances
@@ -429,24 +392,6 @@ def test_sce_index_tie_break_selects_by_variance_then_position():
 
 
 # ---- SCE: the variants and the zero cases -----------------------------------------------------
-def sce_fork_reference(base: np.ndarray, ts: list[np.ndarray], tau: float) -> np.ndarray:
-    """FuseChat-2.0's SCE (the FuseAI fork), in float64: the top-τ variance mask shapes η only; η is
-    uniform when Σ mean((M⊙δ)²) is exactly 0 (k = 0, or nothing changed); a zero divisor becomes 1."""
-    ds = np.stack([t.astype(np.float64) - base for t in ts])
-    var = ds.var(axis=0)
-    k = int(np.count_nonzero(var) * tau)
-    m = np.zeros(var.size)
-    if k > 0:
-        m[np.argsort(-var.ravel(), kind="stable")[:k]] = 1
-    m = m.reshape(var.shape) if tau < 1 else np.ones(var.shape)
-    stat = np.array([((d * m) ** 2).mean() for d in ds])
-    eta = np.full(len(ts), 1 / len(ts)) if stat.sum() == 0 else stat / stat.sum()
-    s = np.where(ds.sum(0) >= 0, 1, -1)
-    ew = eta.reshape(-1, *[1] * base.ndim) * (np.sign(ds) == s)
-    div = ew.sum(0)
-    return base + (ds * ew).sum(0) / np.where(div == 0, 1, div)
-
-
 def test_sce_fusechat2_finite_when_nothing_changed_or_k_is_zero():
     """The old zero test `abs(total) < 0.0` was never true: η = 0/0 and an all-NaN tensor."""
     base = rnd(16, 8, seed=1)
@@ -472,34 +417,3 @@ def test_sce_eta_zero_tests_of_both_variants():
     # mergekit: uniform below a sum of 1e-6, which such statistics are (documented, kept for parity)
     assert sce_eta([1e-8, 3e-8], mask_deltas=True).tolist() == [0.5, 0.5]
     np.testing.assert_allclose(sce_eta([1e-6, 3e-6], mask_deltas=True).numpy(), [0.25, 0.75], rtol=1e-6)
-
-
-# ---- exact rank selection without a sort ----------------------------------------------------------
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_histogram_kth_value_matches_kthvalue_and_sort(dtype):
-    from compress.merge.methods.select import kth_smallest
-
-    g = torch.Generator().manual_seed(3)
-    a = (torch.randn(300_007, generator=g) * 0.02).to(dtype).float().abs()  # bf16 values: heavy ties
-    a[:50] = 0.0
-    a[50:60] = float(torch.finfo(torch.float32).tiny) / 4  # subnormals order too
-    srt = torch.sort(a).values
-    for j in (1, 2, 50, 51, 61, 1000, 150_000, 299_999, 300_007):
-        t, below, equal = kth_smallest(a, j)
-        assert t == float(torch.kthvalue(a, j).values) == float(srt[j - 1])
-        assert below == int((a < t).sum()) and equal == int((a == t).sum())
-
-
-def test_first_in_order_on_device_agnostic_ties_and_plans():
-    a = ((rnd(70_000, seed=9) * 12).round().abs() / 12)
-    for r in (1, 35_000, 69_999):
-        for desc in (True, False):
-            np.testing.assert_array_equal(first_in_order(a, r, desc).numpy(), first_reference(a.numpy(), r, desc))
-    # the plan on a tensor larger than one counting chunk, with the l1 rescale
-    d = (rnd(600_000, seed=2) * 40).round() / 40
-    plan = sp.magnitude_plan(d.clone(), 0.3, "l1", tie_break="index")
-    k = int(0.3 * d.numel())
-    want = first_reference(d.abs().numpy(), k, True)
-    np.testing.assert_array_equal(plan.keep.numpy(), want)
-    absd = d.abs().double().numpy()
-    assert float(plan.scale) == pytest.approx(absd.sum() / absd[want].sum(), rel=1e-6)
