@@ -2,12 +2,12 @@
 (value descending or ascending, then position), found from histograms of the fp32 bit patterns.
 
 For non-negative IEEE floats the bit pattern, read as an integer, orders exactly as the value. So
-the j-th smallest value is found in two counting passes: a histogram of the top 16 bits names the
-bin that holds it, a histogram of the low 16 bits of the entries in that bin names the value t.
-The selection is then every entry before t in the order plus, among the entries equal to t, the
-earliest positions - the same entries on every device and any number of threads. Each pass is a
-`torch.bincount` over chunks (O(n), no copy of the tensor), where `torch.kthvalue` copies and
-partitions and `torch.sort` is O(n log n).
+the j-th smallest value t is found in two counting passes: a histogram of the top 16 bits names the
+bin that holds it, a histogram of the low 16 bits of the entries in that bin names t. The
+selection is then every entry before t in the order plus, among the entries equal to t, the
+earliest positions - the same entries on every device and any number of threads.
+Each pass is O(n) over chunks (no copy of the tensor), where `torch.kthvalue` copies and partitions
+the whole tensor and `torch.sort` is O(n log n).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def _bits(a: torch.Tensor) -> torch.Tensor:
 
 def kth_smallest(a: torch.Tensor, j: int) -> tuple[float, int, int]:
     """(t, below, equal): t is the j-th smallest entry (1-based) of the non-negative `a`; below and
-    equal count the entries < t and == t."""
+    equal count the entries < t and == t.
+    """
     bits = _bits(a)
     n = bits.numel()
     if not 1 <= j <= n:

@@ -50,7 +50,7 @@ def sparsify_plan(x: torch.Tensor, base: torch.Tensor, sparsifier: str | None, p
         return Sparse()
     d = full_delta(x, base, device)
     del x  # released before the selection, the memory peak
-    if not bool(d.any()):
+    if int(torch.count_nonzero(d)) == 0:
         return Sparse()  # δ = 0 (an unchanged tensor): every selection keeps only zeros
     if sparsifier == "magnitude":
         return sparsify.magnitude_plan(d, rho, rescale, tie_break)

@@ -45,11 +45,42 @@ def merge_sparse(base: torch.Tensor, inputs: Sequence[torch.Tensor], plans: Sequ
     out = torch.empty(base.shape, dtype=out_dtype or torch.float32)
     flat_out = out.reshape(-1)
     w = torch.tensor([float(x) for x in weights], dtype=torch.float32, device=dev).reshape(-1, 1)
+    fast = consensus == "sum" and all(float(x) >= 0 for x in weights)
     for sl in spans(base.numel()):
         b = f32(base, sl, dev)
         ds = [p.apply(f32(x, sl, dev) - b, sl) for x, p in zip(inputs, plans, strict=True)]
-        flat_out[sl] = _combine(b, ds, w, consensus, normalize, lam).to(out.dtype)
+        mixed = _combine_sum(b, ds, weights, normalize, lam) if fast else _combine(b, ds, w, consensus, normalize, lam)
+        flat_out[sl] = mixed.to(out.dtype)
     return out
+
+
+def _combine_sum(b: torch.Tensor, ds: list[torch.Tensor], weights: Sequence[float], normalize: bool,
+                 lam: float) -> torch.Tensor:
+    """`_combine` with "sum" consensus and weights ≥ 0, in fewer passes (consumes `ds`).
+
+    u_i = w_i δ_i agrees with s = sign(Σ u_i) exactly when s·u_i > 0, so
+    Σ_i m_i u_i = s · Σ_i max(s·u_i, 0): the same magnitudes added in the same order, hence the same
+    value (negation is exact), and Σ_i m_i w_i adds the agreeing w_i in the same order.
+    """
+    for d, w in zip(ds, weights, strict=True):
+        d.mul_(float(w))
+    total = ds[0].clone()
+    for d in ds[1:]:
+        total.add_(d)
+    s = torch.where(total >= 0, 1.0, -1.0).to(b.dtype)
+    mixed = torch.zeros_like(b)
+    divisor = torch.zeros_like(b) if normalize else None
+    for d, w in zip(ds, weights, strict=True):
+        d.mul_(s)
+        if divisor is not None:
+            divisor.add_((d > 0).to(b.dtype), alpha=float(w))
+        mixed.add_(d.clamp_min_(0))
+    mixed.mul_(s)
+    if divisor is not None:
+        mixed.div_(divisor.masked_fill_(divisor == 0, 1.0))
+    if lam != 1:
+        mixed.mul_(lam)
+    return mixed.add_(b)
 
 
 def _combine(b: torch.Tensor, ds: list[torch.Tensor], w: torch.Tensor, consensus: str | None, normalize: bool,
