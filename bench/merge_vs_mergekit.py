@@ -86,6 +86,7 @@ def recipes(base: str, ft: list[str], layers: int) -> dict[str, dict]:
 
 
 RANDOM = {"dare_ties", "dare_linear", "della", "della_linear"}
+MEASURED: set[str] = set()  # methods whose mergekit run this invocation made
 
 
 def ensure_venv() -> Path:
@@ -239,7 +240,9 @@ def run_method(name: str, all_recipes: dict, exe: Path, base: Path, env: dict, a
     path_us.write_text(yaml.safe_dump(compress_recipe(method, variant, rec), sort_keys=False))
     out_us = WORK / f"out_compress_{name}"
     shutil.rmtree(out_us, ignore_errors=True)
-    mk, out_mk = run_mergekit(exe, method, path, env, args.reuse_mergekit or args.only == "compress")
+    reuse = args.reuse_mergekit or args.only == "compress" or method in MEASURED  # ties@index reuses ties' run
+    mk, out_mk = run_mergekit(exe, method, path, env, reuse)
+    MEASURED.add(method)
     if args.only == "mergekit":
         print(f"{name:16s} mergekit {mk['wall_s']:6.1f}s {mk['peak_rss_mb']:7.0f}MB "
               f"({'cached ' + mk['cached_from'] if 'cached_from' in mk else 'measured'})", file=sys.stderr, flush=True)
