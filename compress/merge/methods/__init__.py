@@ -15,11 +15,11 @@ from typing import Any
 import torch
 
 from compress.errors import CompressError
-from compress.merge.methods import sparsify
 from compress.merge.methods.linear import linear
 from compress.merge.methods.model_stock import model_stock
 from compress.merge.methods.sce import sce
 from compress.merge.methods.slerp import slerp
+from compress.merge.methods.sparsify import RESCALES, TIE_BREAKS
 from compress.merge.methods.stream import Lazy
 from compress.merge.methods.task_arithmetic import generalized_task_arithmetic, tensor_generator
 from compress.merge.methods.varm import GRANULARITIES, NORMS, ZERO_FALLBACKS, varm_merge
@@ -110,8 +110,8 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str | None]:
 
 
 def _rescale_check(v: Any) -> str | None:
-    return None if isinstance(v, bool) or v in sparsify.RESCALES else \
-        f"must be true, false or one of {', '.join(sparsify.RESCALES)}, got {v!r}"
+    return None if isinstance(v, bool) or v in RESCALES else \
+        f"must be true, false or one of {', '.join(RESCALES)}, got {v!r}"
 
 
 # ---- adapters: a Job -> the method's pure function -----------------------------------------
@@ -159,7 +159,7 @@ WEIGHT_NONNEG = Param(1.0, float, _nonneg)
 DENSITY = Param(1.0, float, _density)
 LAMBDA = Param(1.0, float)
 INT8 = Param(False, bool)
-TIE_BREAK = Param("sort", str, _choice(sparsify.TIE_BREAKS))
+TIE_BREAK = Param("sort", str, _choice(TIE_BREAKS))
 
 
 def _gta_method(name: str, sparsifier: str | None, consensus: str | None, normalize: bool, rescale: bool,

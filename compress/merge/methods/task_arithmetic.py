@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from compress.merge.methods import sparsify
+from compress.merge.methods.sparsify import breadcrumbs_plan, dare_plan, della, magnitude_plan
 from compress.merge.methods.stream import Sparse, f32, full_delta, spans
 from compress.merge.methods.ties import merge_sparse
 
@@ -53,13 +53,13 @@ def sparsify_plan(x: torch.Tensor, base: torch.Tensor, sparsifier: str | None, p
     if int(torch.count_nonzero(d)) == 0:
         return Sparse()  # δ = 0 (an unchanged tensor): every selection keeps only zeros
     if sparsifier == "magnitude":
-        return sparsify.magnitude_plan(d, rho, rescale, tie_break)
+        return magnitude_plan(d, rho, rescale, tie_break)
     if sparsifier == "dare":
-        return sparsify.dare_plan(d, rho, rescale, generator())
+        return dare_plan(d, rho, rescale, generator())
     if sparsifier == "breadcrumbs":
-        return sparsify.breadcrumbs_plan(d, rho, params["gamma"], rescale, tie_break)
+        return breadcrumbs_plan(d, rho, params["gamma"], rescale, tie_break)
     if sparsifier == "della":
-        return Sparse(dense=sparsify.della(d, rho, params["epsilon"], rescale, generator()))
+        return Sparse(dense=della(d, rho, params["epsilon"], rescale, generator()))
     raise ValueError(f"unknown sparsifier {sparsifier!r}")
 
 
