@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from compress.arch.remote_code import pruned_modeling_files
 from compress.checkpoint import Checkpoint, TensorSpec, check_output, save_checkpoint
 from compress.checkpoint.writer import DEFAULT_MAX_SHARD, parse_size
 from compress.errors import CompressError
@@ -180,11 +181,13 @@ def execute(plan: MergePlan, output: str | os.PathLike[str], *, device: str = "c
                     advance(1)
 
         resolved = resolved_recipe(plan, seed)
-        save_checkpoint(output, specs, produce, config=plan.config, inputs=[str(p) for p in plan.models],
+        config, code = pruned_modeling_files(plan.config, [t.out for t in plan.tasks])  # code from the package only
+        save_checkpoint(output, specs, produce, config=config, inputs=[str(p) for p in plan.models],
                         side_files=plan.side_files, force=force, max_shard_size=max_shard_size, command=command,
                         recipe=resolved, extra={"merge_method": plan.method.name, "seed": seed,
                                                 "device": str(dev), "threads": threads},
-                        files=_record_files(plan, resolved, weights, seed), method=plan.method.name, tags=("merge",))
+                        files={**_record_files(plan, resolved, weights, seed), **code}, method=plan.method.name,
+                        tags=("merge",))
     finally:
         loader.close()
         torch.set_num_threads(intra)

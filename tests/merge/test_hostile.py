@@ -105,13 +105,13 @@ def test_damaged_safetensors_headers_are_refused(merge_models, tmp_path, capsys)
     def overlap(h):
         h[OPROJ]["data_offsets"] = list(h[Q]["data_offsets"])  # two tensors on the same bytes, a gap elsewhere
     cases = {
-        "overlap": (overlap, "invalid offsets"),
+        "overlap": (overlap, "invalid offset for tensor"),
         "i32": (_set(Q, "dtype", "I32"), "stored as int32"),
-        "dtype_list": (_set(Q, "dtype", ["F32"]), "dtype must be a string"),
-        "str_offsets": (lambda h: h[Q].update(data_offsets=[str(x) for x in h[Q]["data_offsets"]]), "data_offsets"),
-        "null_shape": (_set(Q, "shape", None), "shape must be a list"),
+        "dtype_list": (_set(Q, "dtype", ["F32"]), "expected string"),
+        "str_offsets": (lambda h: h[Q].update(data_offsets=[str(x) for x in h[Q]["data_offsets"]]), "expected usize"),
+        "null_shape": (_set(Q, "shape", None), "expected a sequence"),
         "trailing": (lambda h: h.pop(max((k for k in h if k != "__metadata__"), key=lambda k: h[k]["data_offsets"][1])),
-                     "bytes after the last tensor"),
+                     "not fully covered"),
     }
     for name, (edit, needle) in cases.items():
         bad = _header_edit(m["a"], tmp_path / name, edit)
