@@ -23,7 +23,13 @@ records when each side was measured).
 `--methods ties@index,breadcrumbs@index,sce@index` runs compress with `tie_break: index` on the same recipe
 (compared with mergekit's plain run: the entries tied at the threshold then differ by design).
 
-Prints a table and writes bench/results/merge_vs_mergekit.json.
+`--scale` runs linear, slerp and ties (also ties@index) on synthetic 1.17B-parameter Llama-shaped
+bf16 checkpoints written once under `--cache` (default /work/bench-cache/merge-scale; see
+merge_scale.py), measures the disk's sequential write (fsync) and cold-read rates, and prints each
+run's I/O floor: (bytes read + bytes written) at those rates. Both tools run under `nice -n 10`;
+CPU seconds (user + system) are reported beside wall seconds.
+
+Prints a table and writes bench/results/merge_vs_mergekit.json (--scale: merge_scale.json).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import time
 from pathlib import Path
 
 import torch
+from merge_scale import CONFIG, disk_throughput, io_floor, make_models, n_params, scale_recipes
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -79,6 +86,7 @@ def recipes(base: str, ft: list[str], layers: int) -> dict[str, dict]:
 
 
 RANDOM = {"dare_ties", "dare_linear", "della", "della_linear"}
+MEASURED: set[str] = set()  # methods whose mergekit run this invocation made
 
 
 def ensure_venv() -> Path:
@@ -123,15 +131,16 @@ def make_variants(model: Path, n: int = 3, sigma: float = 0.02) -> list[Path]:
 
 
 def timed(cmd: list[str], env: dict | None = None) -> dict:
-    """Run under /usr/bin/time -v: wall seconds, peak RSS (MB), exit code."""
+    """Run under `nice -n 10` and /usr/bin/time -v: wall seconds, CPU seconds, peak RSS (MB), exit code."""
     t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    p = subprocess.run(["nice", "-n", "10", "/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
     rss = int(m.group(1)) / 1024 if m else float("nan")
+    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", p.stderr))
     if p.returncode != 0:
         print(p.stderr[-3000:], file=sys.stderr)
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1), "rc": p.returncode}
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss, 1), "rc": p.returncode}
 
 
 def run_mergekit(exe: Path, name: str, path: Path, env: dict, reuse: bool) -> tuple[dict, Path]:
@@ -150,23 +159,28 @@ def run_mergekit(exe: Path, name: str, path: Path, env: dict, reuse: bool) -> tu
     return {**res, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}, cache / "out"
 
 
+def _handles(folder: Path) -> dict[str, object]:
+    """tensor name -> an open safe_open handle holding it (tensors are read one at a time)."""
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        h = safe_open(str(f), "pt")
+        for k in h.keys():
+            out[k] = h
+    return out
+
+
 def compare(a: Path, b: Path, base: Path, random: bool) -> dict:
-    def tensors(folder: Path) -> dict[str, torch.Tensor]:
-        out = {}
-        for f in sorted(folder.glob("*.safetensors")):
-            with safe_open(str(f), "pt") as h:
-                for k in h.keys():
-                    out[k] = h.get_tensor(k)
-        return out
-    ta, tb = tensors(a), tensors(b)
-    tbase = tensors(base)
-    missing = sorted(set(ta) ^ set(tb))
+    """Per tensor: max |a − b|, the largest difference in bf16 ulps, the share of differing entries."""
+    ha, hb, hbase = _handles(a), _handles(b), _handles(base)
+    missing = sorted(set(ha) ^ set(hb))
     worst_abs, worst_ulp, worst_name, rel = 0.0, 0.0, "", 0.0
     n_diff = n_all = 0
     per = {}
-    dtypes = {str(t.dtype) for t in ta.values()} | {str(t.dtype) for t in tb.values()}
-    for k in sorted(set(ta) & set(tb)):
-        x, y = ta[k].float(), tb[k].float()
+    dtypes = set()
+    for k in sorted(set(ha) & set(hb)):
+        x, y = ha[k].get_tensor(k), hb[k].get_tensor(k)
+        dtypes |= {str(x.dtype), str(y.dtype)}
+        x, y = x.float(), y.float()
         if x.shape != y.shape:
             per[k] = {"shape": [list(x.shape), list(y.shape)]}
             continue
@@ -174,14 +188,15 @@ def compare(a: Path, b: Path, base: Path, random: bool) -> dict:
         mx = float(d.max()) if d.numel() else 0.0
         # ulps at the operands' scale: max(|a|, |b|, |base|) (cancellation near 0 is fp32 noise)
         mag = torch.maximum(x.abs(), y.abs())
-        if k in tbase and tbase[k].shape == x.shape:
-            mag = torch.maximum(mag, tbase[k].float().abs())
+        tb = hbase[k].get_tensor(k).float() if k in hbase else None
+        if tb is not None and tb.shape == x.shape:
+            mag = torch.maximum(mag, tb.abs())
         mag = mag.clamp(min=torch.finfo(torch.bfloat16).tiny)
         ulp = torch.exp2(torch.floor(torch.log2(mag)) - 7)
         ulps = float((d / ulp).max()) if d.numel() else 0.0
         entry = {"max_abs": mx, "max_ulps": ulps, "frac_diff": float((d > 0).float().mean()) if d.numel() else 0.0}
-        if random and k in tbase:
-            da, db = x - tbase[k].float(), y - tbase[k].float()
+        if random and tb is not None:
+            da, db = x - tb, y - tb
             r = float((da - db).norm() / db.norm().clamp(min=1e-12))
             entry["rel_l2_delta"] = r
             rel = max(rel, r)
@@ -197,80 +212,136 @@ def compare(a: Path, b: Path, base: Path, random: bool) -> dict:
             "per_tensor": per}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=os.environ.get("COMPRESS_SMOLLM2", "/work/cache/smollm2"))
-    ap.add_argument("--methods", default=",".join(recipes("b", ["x", "y", "z"], 1)))
-    ap.add_argument("--out", default=str(RESULTS / "merge_vs_mergekit.json"))
-    ap.add_argument("--only", choices=("both", "mergekit", "compress"), default="both",
-                    help="mergekit: only fill mergekit's cache; compress: needs the cache (implies --reuse-mergekit)")
-    ap.add_argument("--reuse-mergekit", action="store_true", help="use cached mergekit runs of the same recipe")
-    args = ap.parse_args()
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def compress_recipe(method: str, variant: str, rec: dict) -> dict:
+    """The recipe compress runs: mergekit's, with `tie_break: index` for @index rows and SCE's variant
+    set to mergekit's (compress defaults to FuseChat-2.0's)."""
+    params = dict(rec.get("parameters") or {})
+    if variant:
+        if variant != "index" or method not in ("ties", "breadcrumbs", "sce"):
+            raise SystemExit(f"unknown variant {method}@{variant}: only ties@index, breadcrumbs@index and sce@index")
+        params["tie_break"] = "index"
+    if method == "sce":
+        params["sce_mask_deltas"] = True
+    return {**rec, "parameters": params} if params else rec
+
+
+def run_method(name: str, all_recipes: dict, exe: Path, base: Path, env: dict, args: argparse.Namespace) -> dict | None:
     import yaml
 
-    model = Path(args.model)
-    exe = ensure_venv()
-    WORK.mkdir(parents=True, exist_ok=True)
-    ft = make_variants(model)
-    base = WORK / "base"
-    if not base.exists():
-        shutil.copytree(model, base, ignore=shutil.ignore_patterns("compress.json"))
-    layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
-    all_recipes = recipes(str(base), [str(f) for f in ft], layers)
-    rows = []
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    for name in args.methods.split(","):
-        method, _, variant = name.partition("@")  # "ties@index": compress with `tie_break: index`
-        rec = all_recipes[method]
-        path = WORK / f"{method}.yml"
-        path.write_text(yaml.safe_dump(rec, sort_keys=False))
-        path_us = path
-        if variant:
-            if variant != "index" or method not in ("ties", "breadcrumbs", "sce"):
-                raise SystemExit(f"unknown variant {name!r}: only ties@index, breadcrumbs@index and sce@index")
-            path_us = WORK / f"{method}@index.yml"
-            path_us.write_text(yaml.safe_dump({**rec, "parameters": {**rec.get("parameters", {}), "tie_break": "index"}},
-                                              sort_keys=False))
-        out_us = WORK / f"out_compress_{name}"
-        shutil.rmtree(out_us, ignore_errors=True)
-        mk, out_mk = run_mergekit(exe, method, path, env, args.reuse_mergekit or args.only == "compress")
-        if args.only == "mergekit":
-            print(f"{name:16s} mergekit {mk['wall_s']:6.1f}s {mk['peak_rss_mb']:7.0f}MB "
-                  f"({'cached ' + mk['cached_from'] if 'cached_from' in mk else 'measured'})", file=sys.stderr, flush=True)
-            continue
-        us = timed([sys.executable, "-m", "compress", "merge", str(path_us), "-o", str(out_us), "--seed", "0", "--force"], env)
-        cmp = compare(out_us, out_mk, base, name in RANDOM) if mk["rc"] == 0 and us["rc"] == 0 else {}
-        row = {"method": name, "mergekit": mk, "compress": us,
-               "time_ratio": round(us["wall_s"] / mk["wall_s"], 3) if mk["wall_s"] else None,
-               "rss_ratio": round(us["peak_rss_mb"] / mk["peak_rss_mb"], 3) if mk["peak_rss_mb"] else None,
-               "compare": {k: v for k, v in cmp.items() if k != "per_tensor"}, "per_tensor": cmp.get("per_tensor")}
-        rows.append(row)
-        c = row["compare"]
-        agree = (f"rel L2 Δ {c.get('max_rel_l2_delta', float('nan')):.3f} (random)" if name in RANDOM
-                 else f"{c.get('max_abs', float('nan')):.2e} / {c.get('max_ulps', float('nan')):.0f} ulp")
-        print(f"{name:16s} mergekit {mk['wall_s']:6.1f}s {mk['peak_rss_mb']:7.0f}MB | compress {us['wall_s']:6.1f}s "
-              f"{us['peak_rss_mb']:7.0f}MB | time x{row['time_ratio']} rss x{row['rss_ratio']} | diff {agree}",
-              file=sys.stderr, flush=True)
-        shutil.rmtree(out_us, ignore_errors=True)
-
+    method, _, variant = name.partition("@")  # "ties@index": compress with `tie_break: index`
+    rec = all_recipes[method]
+    path = WORK / f"{method}.yml"
+    path.write_text(yaml.safe_dump(rec, sort_keys=False))
+    path_us = WORK / f"{name}.compress.yml"
+    path_us.write_text(yaml.safe_dump(compress_recipe(method, variant, rec), sort_keys=False))
+    out_us = WORK / f"out_compress_{name}"
+    shutil.rmtree(out_us, ignore_errors=True)
+    reuse = args.reuse_mergekit or args.only == "compress" or method in MEASURED  # ties@index reuses ties' run
+    mk, out_mk = run_mergekit(exe, method, path, env, reuse)
+    MEASURED.add(method)
     if args.only == "mergekit":
-        return 0
-    print("\n| method | mergekit s | compress s | time ratio | mergekit MB | compress MB | RSS ratio | max abs diff | max bf16 ulps |")
-    print("|---|---|---|---|---|---|---|---|---|")
+        print(f"{name:16s} mergekit {mk['wall_s']:6.1f}s {mk['peak_rss_mb']:7.0f}MB "
+              f"({'cached ' + mk['cached_from'] if 'cached_from' in mk else 'measured'})", file=sys.stderr, flush=True)
+        return None
+    us = timed([sys.executable, "-m", "compress", "merge", str(path_us), "-o", str(out_us), "--seed", "0", "--force"], env)
+    cmp = compare(out_us, out_mk, base, name in RANDOM) if mk["rc"] == 0 and us["rc"] == 0 else {}
+    row = {"method": name, "mergekit": mk, "compress": us,
+           "time_ratio": round(us["wall_s"] / mk["wall_s"], 3) if mk["wall_s"] else None,
+           "rss_ratio": round(us["peak_rss_mb"] / mk["peak_rss_mb"], 3) if mk["peak_rss_mb"] else None,
+           "compare": {k: v for k, v in cmp.items() if k != "per_tensor"}, "per_tensor": cmp.get("per_tensor")}
+    if args.scale and us["rc"] == 0:
+        read = sum(folder_bytes(Path(m)) for m in _recipe_models(rec))
+        written = folder_bytes(out_us)
+        row["io"] = {"read_bytes": read, "written_bytes": written, "floor_s": round(io_floor(read, written, args.tp), 2)}
+        row["floor_ratio"] = round(us["wall_s"] / row["io"]["floor_s"], 2)
+        row["per_tensor"] = None  # 200 tensors x 3 methods: the summary is enough at scale
+    c = row["compare"]
+    agree = (f"rel L2 Δ {c.get('max_rel_l2_delta', float('nan')):.3f} (random)" if name in RANDOM
+             else f"{c.get('max_abs', float('nan')):.2e} / {c.get('max_ulps', float('nan')):.0f} ulp")
+    floor = f" | floor {row['io']['floor_s']:.1f}s x{row['floor_ratio']}" if "io" in row else ""
+    print(f"{name:16s} mergekit {mk['wall_s']:6.1f}s {mk['peak_rss_mb']:7.0f}MB | compress {us['wall_s']:6.1f}s "
+          f"({us['cpu_s']:.0f} CPU s) {us['peak_rss_mb']:7.0f}MB | time x{row['time_ratio']} rss x{row['rss_ratio']}"
+          f"{floor} | diff {agree}", file=sys.stderr, flush=True)
+    shutil.rmtree(out_us, ignore_errors=True)
+    return row
+
+
+def _recipe_models(rec: dict) -> list[str]:
+    names = [m["model"] for m in rec.get("models") or []]
+    names += [s["model"] for sl in rec.get("slices") or [] for s in sl["sources"]]
+    names += [rec["base_model"]] if rec.get("base_model") else []
+    return list(dict.fromkeys(names))
+
+
+def print_table(rows: list[dict], scale: bool) -> None:
+    head = "| method | mergekit s (CPU s) | compress s (CPU s) | time ratio | mergekit MB | compress MB | RSS ratio |"
+    head += " I/O floor s | × floor |" if scale else ""
+    print("\n" + head + " max abs diff | max bf16 ulps |")
+    print("|---" * (head.count("|") + 1) + "|")
     for r in rows:
-        c = r["compare"]
+        c, mk, us = r["compare"], r["mergekit"], r["compress"]
         diff = (f"random: rel L2 {c.get('max_rel_l2_delta', float('nan')):.3f}" if r["method"] in RANDOM
                 else f"{c.get('max_abs', float('nan')):.2e}")
         ulps = "—" if r["method"] in RANDOM else f"{c.get('max_ulps', float('nan')):.0f}"
-        print(f"| {r['method']} | {r['mergekit']['wall_s']:.1f} | {r['compress']['wall_s']:.1f} | {r['time_ratio']:.2f} | "
-              f"{r['mergekit']['peak_rss_mb']:.0f} | {r['compress']['peak_rss_mb']:.0f} | {r['rss_ratio']:.2f} | {diff} | {ulps} |")
-    meta = {"model": str(model), "mergekit_version": mergekit_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "machine": platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "variants": "θ + 0.02·std(θ)·(0.6·shared + 0.8·private) Gaussian directions, bf16",
-            "recipe_dtype": "dtype float32, out_dtype bfloat16"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    print(f"\nwrote {args.out}", file=sys.stderr)
+        floor = f" {r['io']['floor_s']:.1f} | {r['floor_ratio']:.2f} |" if scale and "io" in r else (" — | — |" if scale else "")
+        print(f"| {r['method']} | {mk['wall_s']:.1f} ({mk.get('cpu_s', float('nan')):.0f}) | {us['wall_s']:.1f} "
+              f"({us['cpu_s']:.0f}) | {r['time_ratio']:.2f} | {mk['peak_rss_mb']:.0f} | {us['peak_rss_mb']:.0f} | "
+              f"{r['rss_ratio']:.2f} |{floor} {diff} | {ulps} |")
+
+
+def main() -> int:
+    global WORK
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=os.environ.get("COMPRESS_SMOLLM2", "/work/cache/smollm2"))
+    ap.add_argument("--methods", default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--only", choices=("both", "mergekit", "compress"), default="both",
+                    help="mergekit: only fill mergekit's cache; compress: needs the cache (implies --reuse-mergekit)")
+    ap.add_argument("--reuse-mergekit", action="store_true", help="use cached mergekit runs of the same recipe")
+    ap.add_argument("--scale", action="store_true", help="synthetic 1.17B-parameter Llama checkpoints (see merge_scale)")
+    ap.add_argument("--cache", default="/work/bench-cache/merge-scale", help="--scale: where the checkpoints live")
+    args = ap.parse_args()
+
+    exe = ensure_venv()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if args.scale:
+        WORK = Path(args.cache)
+        models = make_models(WORK, Path(args.model) if Path(args.model).is_dir() else None)
+        base, ft = models[0], models[1:]
+        all_recipes = scale_recipes(str(base), [str(f) for f in ft], CONFIG["num_hidden_layers"])
+        args.tp = disk_throughput(WORK)
+        print(f"disk: sequential write {args.tp['write_MBps']} MB/s (fsync), cold read {args.tp['read_MBps']} MB/s",
+              file=sys.stderr, flush=True)
+        methods = args.methods or "linear,slerp,ties,ties@index"
+        out = args.out or str(RESULTS / "merge_scale.json")
+    else:
+        model = Path(args.model)
+        WORK.mkdir(parents=True, exist_ok=True)
+        ft = make_variants(model)
+        base = WORK / "base"
+        if not base.exists():
+            shutil.copytree(model, base, ignore=shutil.ignore_patterns("compress.json"))
+        layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
+        all_recipes = recipes(str(base), [str(f) for f in ft], layers)
+        methods = args.methods or ",".join(all_recipes)
+        out = args.out or str(RESULTS / "merge_vs_mergekit.json")
+    rows = [r for r in (run_method(n, all_recipes, exe, base, env, args) for n in methods.split(",")) if r]
+    if args.only == "mergekit":
+        return 0
+    print_table(rows, args.scale)
+    meta = {"model": str(base if args.scale else args.model), "mergekit_version": mergekit_version(),
+            "torch": torch.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "recipe_dtype": "dtype float32, out_dtype bfloat16",
+            "load": "shared machine: other sessions ran on the same 2 cores; both tools under nice -n 10",
+            **({"params": n_params(), "disk": args.tp, "config": CONFIG} if args.scale else
+               {"variants": "θ + 0.02·std(θ)·(0.6·shared + 0.8·private) Gaussian directions, bf16"})}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(f"\nwrote {out}", file=sys.stderr)
     return 0
 
 

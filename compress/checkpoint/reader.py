@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: torch.dtype
     file: Path
+    offset: int = -1  # where its bytes start in `file` (safetensors; -1 for .bin)
 
     @property
     def numel(self) -> int:
@@ -80,7 +82,8 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     """Parse and validate a safetensors header; raise CompressError on a corrupt/truncated file.
 
     The header is validated by the safetensors library itself (types of every field, offsets that
-    tile the data exactly, no overlap); the checks here only make its messages specific."""
+    tile the data exactly, no overlap); the checks here only make its messages specific. The
+    returned header carries `__data_start__`, the file offset of the data area."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -95,7 +98,7 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         raise CompressError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CompressError(f"corrupt safetensors file {path}: header is not valid JSON") from None
     if not isinstance(header, dict):
         raise CompressError(f"corrupt safetensors file {path}: header is not a JSON object")
@@ -103,6 +106,7 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     for name, meta in header.items():
         if name != "__metadata__" and _ST_DTYPES.get(meta["dtype"]) is None:
             raise CompressError(f"unsupported dtype {meta['dtype']} for tensor {name!r} in {path}")
+    header["__data_start__"] = 8 + n
     return header
 
 
@@ -153,6 +157,8 @@ class Checkpoint:
         self._tensors: dict[str, TensorInfo] = {}
         self._handles: dict[Path, Any] = {}
         self._bin_cache: dict[Path, dict[str, torch.Tensor]] = {}
+        self._fds: dict[Path, int] = {}
+        self._fd_lock = threading.Lock()
         self.format = self._index()
 
     # ---- discovery -------------------------------------------------------------------------
@@ -208,9 +214,12 @@ class Checkpoint:
         for name, meta in header.items():
             if name == "__metadata__":
                 continue
+            if name == "__data_start__":
+                continue
             if name in self._tensors:
                 raise CompressError(f"tensor {name!r} appears in two shards ({self._tensors[name].file.name}, {f.name})")
-            self._tensors[name] = TensorInfo(name, tuple(meta["shape"]), _ST_DTYPES[meta["dtype"]], f)
+            offset = header["__data_start__"] + meta["data_offsets"][0]
+            self._tensors[name] = TensorInfo(name, tuple(meta["shape"]), _ST_DTYPES[meta["dtype"]], f, offset)
 
     def _add_bin(self, f: Path) -> None:
         # Legacy pickle checkpoints: never unpickle arbitrary objects.
@@ -262,6 +271,35 @@ class Checkpoint:
             self._handles[info.file] = handle
         return handle.get_tensor(name)
 
+    def read(self, name: str) -> torch.Tensor:
+        """Read one tensor into its own memory with pread (thread-safe; no mmap, so the bytes read do
+        not stay mapped in this process: a merge of models larger than memory stays flat)."""
+        info = self.info(name)
+        if self.format == "bin":
+            return self._bin_cache[info.file][name]
+        with self._fd_lock:
+            fd = self._fds.get(info.file)
+            if fd is None:
+                try:
+                    fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+                except OSError as e:
+                    raise CompressError(f"cannot open {info.file}: {e.strerror or e}") from None
+        n = info.nbytes
+        buf = torch.empty(n, dtype=torch.uint8)  # not zero-filled, unlike bytearray(n)
+        if n == 0:
+            return torch.empty(info.shape, dtype=info.dtype)
+        view = memoryview(buf.numpy()).cast("B")
+        got = 0
+        while got < n:
+            try:
+                k = os.preadv(fd, [view[got:]], info.offset + got)
+            except OSError as e:
+                raise CompressError(f"cannot read {name!r} from {info.file}: {e.strerror or e}") from None
+            if k <= 0:
+                raise CompressError(f"short read of {name!r} from {info.file}: the file changed or was truncated")
+            got += k
+        return buf.view(info.dtype).reshape(info.shape)
+
     @property
     def model_type(self) -> str | None:
         return self.config.get("model_type")
@@ -276,6 +314,10 @@ class Checkpoint:
         return [self.path / n for n in SIDE_FILES if not n.endswith(".py") and (self.path / n).is_file()]
 
     def close(self) -> None:
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
         self._handles.clear()
         self._bin_cache.clear()
 

@@ -47,6 +47,18 @@ def command(inputs, output, method, base, settings, device, dtype, seed, max_sha
 
     Methods: linear, task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties,
     della, della_linear, slerp, model_stock, sce, varm.
+
+    \b
+    Where compress differs from mergekit or chooses between references:
+    - sce: sce_mask_deltas false (default) is FuseChat-2.0's SCE (the FuseAI fork that made
+      FuseChat-7B-v2.0: the variance mask only shapes the weights; uniform weights only when their
+      sum is exactly 0); true is mergekit's (masked task vectors; uniform weights whenever the sum of
+      mean(delta^2) is below 1e-6, which is usual for fine-tuning deltas).
+    - varm granularity: matrix (per tensor, the paper's VaRM); layer (FuseChat's avg_layer: per
+      decoder layer the SUM of its tensors' mean(delta^2); embeddings, final norm and lm_head get
+      uniform weights); model (pooled sum of delta^2 over all parameters).
+    - tie_break (ties, breadcrumbs, sce): sort (default, mergekit's bits) or index (ties at the
+      threshold by position, found by histogram without a sort: faster, same on every device).
     """
     import sys
 

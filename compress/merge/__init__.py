@@ -46,9 +46,13 @@ def merge(recipe: str | os.PathLike[str] | dict[str, Any] | None, output: str | 
     """Merge checkpoints with a mergekit YAML recipe (path or dict) or the method/base/models shortcut."""
     import yaml
 
+    from compress.checkpoint.writer import parse_size
+    from compress.merge.execute import check_threads, execute
+    from compress.merge.plan import build_plan
     from compress.merge.recipe import load_recipe, parse_recipe
-    from compress.merge.run import build_plan, execute
 
+    check_threads(threads)
+    parse_size(max_shard_size)
     recipe_dir = None
     if recipe is None:
         if method is None:

@@ -58,8 +58,8 @@ class OutputSlice(_Strict):
         lengths = {s.layer_range[1] - s.layer_range[0] for s in self.sources}
         if len(lengths) != 1:
             raise ValueError("all sources of a slice must have the same number of layers")
-        if min(lengths) <= 0:
-            raise ValueError("layer_range must be [start, end) with end > start")
+        if min(lengths) <= 0 or min(s.layer_range[0] for s in self.sources) < 0:
+            raise ValueError("layer_range must be [start, end) with 0 <= start < end")
         return self
 
 
@@ -98,41 +98,95 @@ class Recipe(_Strict):
 
 
 # ---- loading with line numbers ------------------------------------------------------------
+# A recipe is a few hundred nodes; these bounds refuse "billion laughs" alias bombs (nested aliases
+# expand exponentially), recursive aliases and absurd nesting before they cost memory or time.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+
 def _compose(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
-    """Parse YAML and record the line (1-based) of every mapping key / sequence item by path."""
+    """Parse YAML and record the line (1-based) of every mapping key / sequence item by path.
+
+    Aliases are expanded here, node by node, within MAX_NODES nodes and MAX_DEPTH levels.
+    """
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise CompressError(f"{source}: the recipe is larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a "
+                            f"small YAML file")
     try:
+        _check_nesting(text, source)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise CompressError(f"{source}{where}: malformed YAML: {problem}") from None
+    except RecursionError:
+        raise CompressError(f"{source}: the YAML is nested too deeply (or an alias refers to itself)") from None
+    if node is None:
+        raise CompressError(f"{source}: the recipe is empty")
     lines: dict[tuple, int] = {}
+    count = 0
+    loader = yaml.SafeLoader("")  # one constructor for every scalar
 
     def walk(n: yaml.Node, path: tuple) -> Any:
-        lines[path] = n.start_mark.line + 1
+        nonlocal count
+        count += 1
+        if count > MAX_NODES:
+            raise CompressError(f"{source} line {n.start_mark.line + 1}: the recipe expands to more than {MAX_NODES} "
+                                f"YAML nodes (nested aliases?): refusing it")
+        if len(path) > MAX_DEPTH:
+            raise CompressError(f"{source} line {n.start_mark.line + 1}: the recipe is nested more than {MAX_DEPTH} "
+                                f"levels deep (an alias that refers to itself?)")
+        lines.setdefault(path, n.start_mark.line + 1)
         if isinstance(n, yaml.MappingNode):
             out = {}
             for k, v in n.value:
-                key = _scalar(k)
-                out[key] = walk(v, path + (key,))
+                if not isinstance(k, yaml.ScalarNode):
+                    raise CompressError(f"{source} line {k.start_mark.line + 1}: a mapping key must be a plain value")
+                key = _scalar(k, source, loader)
                 lines[path + (key,)] = k.start_mark.line + 1
+                out[key] = walk(v, path + (key,))
             return out
         if isinstance(n, yaml.SequenceNode):
             return [walk(v, path + (i,)) for i, v in enumerate(n.value)]
-        return _scalar(n)
+        return _scalar(n, source, loader)
 
-    if node is None:
-        raise CompressError(f"{source}: the recipe is empty")
-    return walk(node, ()), lines
-
-
-def _scalar(n: yaml.Node) -> Any:
-    loader = yaml.SafeLoader("")
     try:
-        return loader.construct_object(n, deep=True)
+        return walk(node, ()), lines
     finally:
         loader.dispose()
+
+
+_OPEN = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+         yaml.BlockMappingStartToken)
+_CLOSE = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+
+
+def _check_nesting(text: str, source: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from the token stream (PyYAML's composer recurses per level)."""
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise CompressError(f"{source} line {token.start_mark.line + 1}: the YAML is nested more than "
+                                    f"{MAX_DEPTH} levels deep")
+        elif isinstance(token, _CLOSE):
+            depth -= 1
+
+
+def _scalar(n: yaml.Node, source: str, loader: yaml.SafeLoader | None = None) -> Any:
+    own = loader is None
+    loader = loader or yaml.SafeLoader("")
+    try:
+        return loader.construct_object(n, deep=True)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise CompressError(f"{source} line {n.start_mark.line + 1}: {problem}") from None
+    finally:
+        if own:
+            loader.dispose()
 
 
 def _where(lines: dict[tuple, int], loc: tuple) -> int | None:

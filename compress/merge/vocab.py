@@ -190,8 +190,12 @@ def align(tensor: torch.Tensor, model: int, vm: VocabMap, defaults: torch.Tensor
 
 def save_tokenizer(tok: Any) -> tuple[tempfile.TemporaryDirectory, list[Path]]:
     """Serialise a tokenizer; returns the temporary folder (keep it alive) and its tokenizer files."""
-    tmp = tempfile.TemporaryDirectory(prefix="compress-merge-tok-")
-    tok.save_pretrained(tmp.name)
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="compress-merge-tok-")
+        tok.save_pretrained(tmp.name)
+    except OSError as e:
+        raise CompressError(f"cannot write the merged tokenizer to a temporary folder ({tempfile.gettempdir()}): "
+                            f"{e.strerror or e}; set TMPDIR to a writable folder") from None
     files = [Path(tmp.name) / n for n in TOKENIZER_FILES if (Path(tmp.name) / n).is_file()]
     return tmp, files
 

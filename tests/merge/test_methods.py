@@ -10,12 +10,13 @@ import torch
 
 from compress.merge.methods import Job, get_method, tensor_generator
 from compress.merge.methods import sparsify as sp
-from compress.merge.methods.linear import linear, task_arithmetic
+from compress.merge.methods.linear import linear
 from compress.merge.methods.model_stock import model_stock, model_stock_t
-from compress.merge.methods.sce import sce, sce_weights
+from compress.merge.methods.sce import sce, sce_eta
 from compress.merge.methods.slerp import slerp
-from compress.merge.methods.ties import merge_deltas
 from compress.merge.methods.varm import squared_change, varm_merge, varm_weights
+from tests.merge import reference as ref
+from tests.merge.reference import first_reference, merge_deltas, sce_fork_reference, task_arithmetic
 
 
 def rnd(*shape, seed=0):
@@ -93,33 +94,39 @@ def test_ties_full_method_matches_loop_reference():
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
-def test_ties_count_consensus_and_chunking():
+def test_ties_count_consensus_and_chunking(monkeypatch):
+    import sys
+
+    from compress.merge.methods.stream import Sparse
+    from compress.merge.methods.ties import merge_sparse
+
+    monkeypatch.setattr(sys.modules["compress.merge.methods.stream"], "CHUNK", 3)
     base = torch.zeros(10)
     deltas = [torch.tensor([1., -1, 2, 0, 1, -3, 1, 1, -1, 0]), torch.tensor([1., -1, -5, 0, -1, 1, 1, -1, -1, 0]),
               torch.tensor([-1., 1, -5, 2, -1, 1, 0, -1, -1, 0])]
     w = [1.0, 1.0, 1.0]
-    got = merge_deltas(base, deltas, w, consensus="count", normalize=True, chunk=3)
+    got = merge_sparse(base, [base + d for d in deltas], [Sparse()] * 3, w, consensus="count", normalize=True)
     ds = np.stack([d.numpy() for d in deltas])
     s = np.where(np.sign(ds).sum(0) >= 0, 1, -1)
     m = np.sign(ds) == s
     want = (ds * m).sum(0) / np.where(m.sum(0) == 0, 1, m.sum(0))
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
     # sum consensus on the same input differs at entry 2 (Σ = -8 -> negative wins)
-    assert merge_deltas(base, deltas, w, consensus="sum", chunk=4)[2] == -5
+    assert merge_sparse(base, deltas, [Sparse()] * 3, w, consensus="sum")[2] == -5
 
 
 # ---- sparsifiers ----------------------------------------------------------------------------
 def test_magnitude_keeps_k_largest_and_at_least_one():
     d = distinct(100, seed=4)
-    kept = sp.magnitude(d.clone(), 0.3)
+    kept = ref.magnitude(d.clone(), 0.3)
     want = np.where(np.abs(d.numpy()) > np.sort(np.abs(d.numpy()))[-31], d.numpy(), 0)
     np.testing.assert_array_equal(kept.numpy(), want)
-    assert int((sp.magnitude(distinct(10), 0.01) != 0).sum()) == 1
+    assert int((ref.magnitude(distinct(10), 0.01) != 0).sum()) == 1
 
 
 def test_l1_rescale_preserves_norm():
     d = distinct(200, seed=5)
-    kept = sp.magnitude(d.clone(), 0.5, rescale="l1")
+    kept = ref.magnitude(d.clone(), 0.5, rescale="l1")
     assert math.isclose(float(kept.abs().sum()), float(d.abs().sum()), rel_tol=1e-5)
     assert int((kept != 0).sum()) == 100
 
@@ -127,28 +134,28 @@ def test_l1_rescale_preserves_norm():
 def test_breadcrumbs_rank_window_and_small_tensor_not_dropped():
     n = 1000
     d = distinct(n, seed=6)
-    kept = sp.breadcrumbs(d.clone(), density=0.5, gamma=0.01)
+    kept = ref.breadcrumbs(d.clone(), density=0.5, gamma=0.01)
     ranks = np.argsort(np.argsort(np.abs(d.numpy())))  # 0 = smallest
     n_top, n_bot = 10, n - 500 - 10
     want = np.where((ranks >= n_bot) & (ranks < n - n_top), d.numpy(), 0)
     np.testing.assert_array_equal(kept.numpy(), want)
     # numel < 1/γ: n_top = 0 -> the top entries stay (mergekit's old [n_bot:-0] slice dropped everything)
     small = distinct(64, seed=7)
-    ks = sp.breadcrumbs(small.clone(), density=0.5, gamma=0.01)
+    ks = ref.breadcrumbs(small.clone(), density=0.5, gamma=0.01)
     assert int((ks != 0).sum()) == 32
     assert float(ks.abs().max()) == float(small.abs().max())
 
 
 def test_dare_seeded_order_independent_and_rescaled():
     d = rnd(300, 300, seed=8)
-    a = sp.dare(d, 0.3, "inverse_density", tensor_generator(7, 1, "w"))
-    b = sp.dare(d, 0.3, "inverse_density", tensor_generator(7, 1, "w"))
+    a = ref.dare(d, 0.3, "inverse_density", tensor_generator(7, 1, "w"))
+    b = ref.dare(d, 0.3, "inverse_density", tensor_generator(7, 1, "w"))
     torch.testing.assert_close(a, b)
     frac = float((a != 0).float().mean())
     assert abs(frac - 0.3) < 0.01
     kept = a != 0
     torch.testing.assert_close(a[kept], d[kept] / 0.3)
-    c = sp.dare(d, 0.3, "l1", tensor_generator(7, 2, "w"))
+    c = ref.dare(d, 0.3, "l1", tensor_generator(7, 2, "w"))
     assert not torch.equal(c != 0, kept)
     assert math.isclose(float(c.abs().sum()), float(d.abs().sum()), rel_tol=1e-4)
     # order independence: the generator depends only on (seed, model, name)
@@ -222,6 +229,7 @@ def test_sce_variants_agree_at_tau_one_and_differ_below():
     ts = [base + 0.05 * rnd(64, 64, seed=i) for i in range(1, 4)]
     torch.testing.assert_close(sce(base, ts, 1.0, True), sce(base, ts, 1.0, False))
     up, fork = sce(base, ts, 0.1, True), sce(base, ts, 0.1, False)
+    torch.testing.assert_close(sce(base, ts, 0.1), fork)  # FuseChat-2.0's variant is the default
     assert not torch.allclose(up, fork)
     frac_up = float(((up - base) != 0).float().mean())
     frac_fork = float(((fork - base) != 0).float().mean())
@@ -256,11 +264,6 @@ def test_sce_matches_elementwise_reference():
     div = ew2.sum(0)
     want2 = base.numpy() + (ds * ew2).sum(0) / np.where(div == 0, 1, div)
     np.testing.assert_allclose(sce(base, ts, tau, False).numpy(), want2, rtol=1e-5, atol=1e-6)
-
-
-def test_sce_weights_uniform_when_zero():
-    w = sce_weights(torch.zeros(3, 4, 4))
-    torch.testing.assert_close(w, torch.full((3,), 1 / 3))
 
 
 # ---- VaRM -----------------------------------------------------------------------------------
@@ -316,11 +319,11 @@ def test_random_methods_reproducible(name):
     assert not torch.equal(run(5), run(6))
 
 
-def test_magnitude_inplace_same_selection_with_ties():
+def test_magnitude_plan_keeps_the_sorted_selection_with_ties():
     d = (rnd(20000, seed=11) * 50).round() / 50  # many equal magnitudes: tie order matters
-    want = sp.magnitude(d.clone(), 0.4)
-    assert int((want != 0).sum()) == 8000
-    torch.testing.assert_close(sp.magnitude(d.clone(), 0.4, inplace=True), want, rtol=0, atol=0)
+    want = ref.magnitude(d.clone(), 0.4) != 0
+    assert int(want.sum()) == 8000
+    assert torch.equal(sp.magnitude_plan(d.clone(), 0.4).keep, want.reshape(-1))
 
 
 # ---- chunked evaluation on stored-dtype inputs --------------------------------------------------
@@ -376,42 +379,6 @@ def test_bf16_inputs_tiny_chunks_match_fp32_formulas(monkeypatch):
     np.testing.assert_allclose(model_stock(base, models).numpy(), want, rtol=1e-4, atol=1e-5)
 
 
-def first_reference(a: np.ndarray, r: int, descending: bool) -> np.ndarray:
-    """The first r entries in the order (value, then position) by numpy's stable lexicographic sort."""
-    order = np.lexsort((np.arange(a.size), -a if descending else a))
-    mask = np.zeros(a.size, dtype=bool)
-    mask[order[:r]] = True
-    return mask
-
-
-@pytest.mark.parametrize("descending", [True, False])
-def test_first_by_magnitude_is_value_then_position_order(descending):
-    a = ((rnd(50000, seed=4) * 30).round().abs() / 30).reshape(-1)  # few distinct values: ties everywhere
-    for r in (0, 1, 7, 12345, 25000, 49999, 50000):
-        got = sp.first_by_magnitude(a, r, descending).numpy()
-        np.testing.assert_array_equal(got, first_reference(a.numpy(), r, descending), err_msg=str(r))
-
-
-def test_index_tie_break_plans_match_reference_and_sort_plans_off_ties():
-    d = (rnd(40000, seed=5) * 40).round() / 40
-    a = d.abs().numpy()
-    n, k = d.numel(), int(0.4 * d.numel())
-    plan = sp.magnitude_plan(d.clone(), 0.4, "l1", tie_break="index")
-    want = first_reference(a, k, True)
-    np.testing.assert_array_equal(plan.keep.numpy(), want)
-    assert float(plan.scale) == pytest.approx(a.sum() / a[want].sum(), rel=1e-6)
-    # breadcrumbs: ascending ranks [n_bot, n - n_top)
-    n_bot, n_top = sp._breadcrumbs_cut(n, 0.5, 0.02)
-    bc = sp.breadcrumbs_plan(d.clone(), 0.5, 0.02, "none", tie_break="index")
-    np.testing.assert_array_equal(bc.keep.numpy(), first_reference(a, n - n_top, False) & ~first_reference(a, n_bot, False))
-    # against mergekit's sort order: the same entries off the threshold's ties, some others on them
-    srt = sp.magnitude_plan(d.clone(), 0.4, "none").keep.numpy()
-    t = np.sort(a)[::-1][k - 1]
-    assert srt.sum() == k and (srt == want)[a != t].all() and not (srt == want).all()
-    with pytest.raises(ValueError, match="tie_break"):
-        sp.magnitude_plan(d.clone(), 0.4, tie_break="random")
-
-
 def test_sce_index_tie_break_selects_by_variance_then_position():
     base = (rnd(4000, seed=7) * 8).round() / 8  # exact differences below
     ts = [base + 0.25 * rnd(4000, seed=i).sign() * (rnd(4000, seed=10 + i) > 0) for i in range(3)]  # few variances
@@ -422,3 +389,31 @@ def test_sce_index_tie_break_selects_by_variance_then_position():
     m = first_reference(var, k, True).astype(np.float32)
     want, _ = sce_reference(base.numpy(), ds, m)
     np.testing.assert_allclose(sce(base, ts, 0.3, True, tie_break="index").numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+# ---- SCE: the variants and the zero cases -----------------------------------------------------
+def test_sce_fusechat2_finite_when_nothing_changed_or_k_is_zero():
+    """The old zero test `abs(total) < 0.0` was never true: η = 0/0 and an all-NaN tensor."""
+    base = rnd(16, 8, seed=1)
+    same = sce(base, [base.clone(), base.clone(), base.clone()], 0.1, mask_deltas=False)
+    assert bool(torch.isfinite(same).all())
+    torch.testing.assert_close(same, base)
+    # k = ⌊τ · nnz(v)⌋ = 0: M = 0, so η is uniform over the (full, fork) deltas
+    ts = [base + 0.01 * rnd(16, 8, seed=s) for s in (2, 3, 4)]
+    got = sce(base, ts, 0.005, mask_deltas=False)
+    want = sce_fork_reference(base.numpy(), [t.numpy() for t in ts], 0.005)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-7)
+    # one tensor-wide equal set: only one target moved
+    one = sce(base, [base.clone(), ts[0], base.clone()], 0.5, mask_deltas=False)
+    np.testing.assert_allclose(one.numpy(), sce_fork_reference(base.numpy(), [base.numpy(), ts[0].numpy(),
+                                                                               base.numpy()], 0.5), rtol=1e-5, atol=1e-7)
+    assert bool(torch.isfinite(sce(base, [base.clone()] * 2, 0.0, mask_deltas=False)).all())
+
+
+def test_sce_eta_zero_tests_of_both_variants():
+    # FuseChat-2.0: exact zero only; fine-tuning-sized statistics keep their weighting
+    np.testing.assert_allclose(sce_eta([1e-8, 3e-8], mask_deltas=False).numpy(), [0.25, 0.75], rtol=1e-6)
+    assert sce_eta([0.0, 0.0], mask_deltas=False).tolist() == [0.5, 0.5]
+    # mergekit: uniform below a sum of 1e-6, which such statistics are (documented, kept for parity)
+    assert sce_eta([1e-8, 3e-8], mask_deltas=True).tolist() == [0.5, 0.5]
+    np.testing.assert_allclose(sce_eta([1e-6, 3e-6], mask_deltas=True).numpy(), [0.25, 0.75], rtol=1e-6)

@@ -171,29 +171,50 @@ def test_varm_streaming_equals_in_memory_and_output_loads(merge_models, tmp_path
     assert math.isclose(sum(w), 1.0, rel_tol=1e-9)
 
 
+def official_varm_weights(base: dict, targets: list[dict], name: str, granularity: str) -> list[float]:
+    """FuseChat's merge.py rules, written from its analysis: key_to_params[k] = Σ Δ²/numel per tensor;
+    avg_layer sums key_to_params over the layer's tensors (".layers.N.") and gives every other tensor
+    uniform weights; avg_model pools Σ Δ² / Σ numel over the model; weights = stat / Σ stat."""
+    def key_to_params(t):
+        return {k: float(((t[k].double() - base[k].double()) ** 2).sum()) / base[k].numel() for k in base}
+    if granularity == "model":
+        stats = [sum(float(((t[k].double() - base[k].double()) ** 2).sum()) for k in base)
+                 / sum(base[k].numel() for k in base) for t in targets]
+    elif ".layers." not in name:
+        return [1.0 / len(targets)] * len(targets)
+    else:
+        layer = name.split(".layers.")[1].split(".")[0]
+        stats = []
+        for t in targets:
+            kp = key_to_params(t)
+            stats.append(sum(v for k, v in kp.items() if ".layers." in k and k.split(".layers.")[1].split(".")[0] == layer))
+    return [s / sum(stats) for s in stats]
+
+
 def test_varm_layer_and_model_granularity(merge_models, tmp_path):
     m = merge_models
+    # target a moves only the MLP of layer 2 a lot: per-tensor means summed (official avg_layer) and
+    # pooled Σ Δ² / Σ numel (the old rule) weigh it differently
+    def loud(sd):
+        for k in sd:
+            if k.startswith("model.layers.2.mlp."):
+                sd[k] = sd[k] * 1.5
+        return sd
+    a = make_variant(m["base"], tmp_path / "loud", seed=5, edit=loud)
+    base, ts = state(m["base"]), [state(a), state(m["b"])]
     for gran in ("layer", "model"):
         out = tmp_path / gran
-        merge(None, out, method="varm", base=str(m["base"]), models=[str(m["a"]), str(m["b"])],
+        merge(None, out, method="varm", base=str(m["base"]), models=[str(a), str(m["b"])],
               parameters={"granularity": gran})
-        base, ts = state(m["base"]), [state(m[k]) for k in "ab"]
         got = state(out)
-
-        def group(name, gran=gran, base=base):
-            if gran == "model":
-                return list(base)
-            if name.startswith("model.layers."):
-                pre = ".".join(name.split(".")[:3]) + "."
-                return [n for n in base if n.startswith(pre)]
-            return [name]
-        for name in ["model.layers.2.mlp.up_proj.weight", "model.embed_tokens.weight"]:
-            g = group(name)
-            stats = [sum(float(((t[n].double() - base[n].double()) ** 2).sum()) for n in g)
-                     / sum(base[n].numel() for n in g) for t in ts]
-            w = [s / sum(stats) for s in stats]
+        for name in ["model.layers.2.mlp.up_proj.weight", "model.layers.2.input_layernorm.weight",
+                     "model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight", "model.norm.weight"]:
+            w = official_varm_weights(base, ts, name, gran)
             want = base[name] + w[0] * (ts[0][name] - base[name]) + w[1] * (ts[1][name] - base[name])
             torch.testing.assert_close(got[name], want, rtol=1e-5, atol=1e-6)
+        detail = json.loads((out / "compress_merge.json").read_text())["tensors"]
+        np.testing.assert_allclose(detail["model.layers.2.mlp.up_proj.weight"]["varm_weights"],
+                                   official_varm_weights(base, ts, "model.layers.2.mlp.up_proj.weight", gran), rtol=1e-9)
 
 
 def test_dare_seed_reproducible_independent_of_threads(merge_models, tmp_path):

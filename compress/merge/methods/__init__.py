@@ -1,14 +1,13 @@
 """Merge methods by name: each entry says which inputs and parameters it takes and how it merges one tensor.
 
-The mathematics lives in the sibling modules as pure functions over fp32 tensors; the `Method`
-entries here only adapt a `Job` (one tensor name: the base tensor, the other models' tensors and
-their resolved parameters) to those functions. Parameter names and defaults follow mergekit.
+The mathematics lives in the sibling modules as pure functions; the `Method` entries here only
+adapt a `Job` (one tensor name: the base tensor, the other models' tensors and their resolved
+parameters) to those functions. Parameter names and defaults follow mergekit, except SCE's variant
+(`sce_mask_deltas`, default false: FuseChat-2.0's SCE; see `sce`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,13 +15,13 @@ from typing import Any
 import torch
 
 from compress.errors import CompressError
-from compress.merge.methods import sparsify
 from compress.merge.methods.linear import linear
 from compress.merge.methods.model_stock import model_stock
 from compress.merge.methods.sce import sce
 from compress.merge.methods.slerp import slerp
-from compress.merge.methods.stream import Lazy, f32, full_delta, spans
-from compress.merge.methods.ties import merge_sparse
+from compress.merge.methods.sparsify import RESCALES, TIE_BREAKS
+from compress.merge.methods.stream import Lazy
+from compress.merge.methods.task_arithmetic import generalized_task_arithmetic, tensor_generator
 from compress.merge.methods.varm import GRANULARITIES, NORMS, ZERO_FALLBACKS, varm_merge
 
 __all__ = ["METHODS", "Job", "Method", "Param", "get_method", "tensor_generator"]
@@ -85,14 +84,6 @@ class Method:
     summary: str = ""
 
 
-def tensor_generator(seed: int, model_index: int, tensor_name: str) -> torch.Generator:
-    """A CPU generator seeded from hash(seed, model index, tensor name): independent of order and device."""
-    digest = hashlib.sha256(f"{seed}\0{model_index}\0{tensor_name}".encode()).digest()
-    g = torch.Generator(device="cpu")
-    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return g
-
-
 # ---- checks --------------------------------------------------------------------------------
 def _density(v: float) -> str | None:
     return None if 0 < v <= 1 else f"density must be in (0, 1], got {v}"
@@ -100,10 +91,6 @@ def _density(v: float) -> str | None:
 
 def _nonneg(v: float) -> str | None:
     return None if v >= 0 else f"must be >= 0 for this method, got {v}"
-
-
-def _finite(v: float) -> str | None:
-    return None if math.isfinite(v) else f"must be finite, got {v}"
 
 
 def _unit(v: float) -> str | None:
@@ -123,64 +110,23 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str | None]:
 
 
 def _rescale_check(v: Any) -> str | None:
-    return None if isinstance(v, bool) or v in sparsify.RESCALES else \
-        f"must be true, false or one of {', '.join(sparsify.RESCALES)}, got {v!r}"
+    return None if isinstance(v, bool) or v in RESCALES else \
+        f"must be true, false or one of {', '.join(RESCALES)}, got {v!r}"
 
 
-def rescale_mode(v: Any) -> str:
-    """mergekit's `rescale: true` is L1-norm matching; strings pick explicitly."""
-    if v is True:
-        return "l1"
-    if v is False:
-        return "none"
-    return str(v)
-
-
-# ---- adapters ------------------------------------------------------------------------------
+# ---- adapters: a Job -> the method's pure function -----------------------------------------
 def _linear(job: Job) -> torch.Tensor:
     return linear(job.inputs(), [p["weight"] for p in job.model_params], job.params["normalize"],
                   out_dtype=job.out_dtype, device=job.device)
 
 
-def _plan(job: Job, i: int, sparsifier: str | None, rescale: str) -> sparsify.Sparse:
-    """Model i's sparsification of δ_i = x_i − base (full δ only while its mask is chosen).
-
-    x_i is read here and released before the selection's sort (the memory peak).
-    """
-    assert job.base is not None
-    p = job.model_params[i]
-    rho = p.get("density", 1.0)
-    if sparsifier is None or rho >= 1:
-        return sparsify.Sparse()
-    x = job.get(i)
-    d = full_delta(x, job.base, job.device)
-    del x
-    if sparsifier == "magnitude":
-        return sparsify.magnitude_plan(d, rho, rescale, job.params.get("tie_break", "sort"))
-    if sparsifier == "dare":
-        return sparsify.dare_plan(d, rho, rescale, tensor_generator(job.seed, job.model_ids[i], job.name))
-    if sparsifier == "breadcrumbs":
-        return sparsify.breadcrumbs_plan(d, rho, p["gamma"], rescale, job.params.get("tie_break", "sort"))
-    if sparsifier == "della":
-        return sparsify.Sparse(dense=sparsify.della(d, rho, p["epsilon"], rescale,
-                                                    tensor_generator(job.seed, job.model_ids[i], job.name)))
-    raise ValueError(f"unknown sparsifier {sparsifier!r}")
-
-
 def _gta(sparsifier: str | None, consensus: str | None) -> Callable[[Job], torch.Tensor]:
     def run(job: Job) -> torch.Tensor:
         assert job.base is not None
-        rescale = rescale_mode(job.params.get("rescale", False))
-        if consensus is None:
-            return _gta_streaming(job, sparsifier, rescale)
-        if not job.model_params:
-            return job.base.to(job.out_dtype or torch.float32)
-        # Selections first, one model at a time (its input read, δ formed, input dropped), so the
-        # whole-tensor sort never coexists with the other models' inputs; then the combine reads all.
-        plans = [_plan(job, i, sparsifier, rescale) for i in range(len(job.model_params))]
-        return merge_sparse(job.base, [job.get(i) for i in range(len(plans))], plans, [p["weight"] for p in job.model_params],
-                            consensus=consensus, normalize=job.params["normalize"], lam=job.params["lambda"],
-                            out_dtype=job.out_dtype, device=job.device)
+        return generalized_task_arithmetic(
+            job.base, len(job.model_params), job.get, job.model_params, job.params, sparsifier, consensus,
+            lambda i: tensor_generator(job.seed, job.model_ids[i], job.name), out_dtype=job.out_dtype,
+            device=job.device)
     return run
 
 
@@ -208,60 +154,12 @@ def _varm(job: Job) -> torch.Tensor:
     return varm_merge(job.base, job.inputs(), job.weights, out_dtype=job.out_dtype)
 
 
-def _gta_streaming(job: Job, sparsifier: str | None, rescale: str) -> torch.Tensor:
-    """Without sign consensus the combine is a running sum: one model resident at a time.
-
-    θ_b + λ · (Σ_i w_i δ̃_i) / Σ_i w_i, summed in model order (bit-identical to summing the stack),
-    accumulated in one fp32 buffer chunk by chunk.
-    """
-    base = job.base
-    assert base is not None
-    dev = job.device or base.device
-    weights = [float(p["weight"]) for p in job.model_params]
-    n = len(weights)
-    # Sparsifier selections before the accumulator exists (each needs a full δ and a sort).
-    plans = [_plan(job, i, sparsifier, rescale) for i in range(n)] if sparsifier else \
-        [sparsify.Sparse()] * n
-    mixed: torch.Tensor | None = None
-    for i in range(n):
-        x, plan = job.get(i), plans[i]
-        first = mixed is None
-        if mixed is None:
-            mixed = torch.empty(base.numel(), dtype=torch.float32, device=dev)
-        for sl in spans(base.numel()):
-            d = plan.apply(f32(x, sl, dev) - f32(base, sl, dev), sl)
-            d.mul_(weights[i])
-            if first:
-                mixed[sl] = d
-            else:
-                mixed[sl].add_(d)
-        plans[i] = sparsify.Sparse()  # drop the mask
-        del plan, x
-    if mixed is None:
-        return base.to(job.out_dtype or torch.float32)
-    divisor = None
-    if job.params["normalize"]:
-        total = torch.tensor(weights, dtype=torch.float32).sum()
-        divisor = torch.where(total.abs() < 1e-8, torch.ones_like(total), total).item()
-    lam = job.params["lambda"]
-    out = torch.empty(base.shape, dtype=job.out_dtype or torch.float32)
-    flat = out.reshape(-1)
-    for sl in spans(base.numel()):
-        m = mixed[sl]
-        if divisor is not None:
-            m.div_(divisor)
-        if lam != 1:
-            m.mul_(lam)
-        flat[sl] = m.add_(f32(base, sl, dev)).to(out.dtype)
-    return out
-
-
-WEIGHT = Param(1.0, float, _finite)
+WEIGHT = Param(1.0, float)  # every float parameter must be finite (checked where it is parsed)
 WEIGHT_NONNEG = Param(1.0, float, _nonneg)
 DENSITY = Param(1.0, float, _density)
-LAMBDA = Param(1.0, float, _finite)
+LAMBDA = Param(1.0, float)
 INT8 = Param(False, bool)
-TIE_BREAK = Param("sort", str, _choice(sparsify.TIE_BREAKS))
+TIE_BREAK = Param("sort", str, _choice(TIE_BREAKS))
 
 
 def _gta_method(name: str, sparsifier: str | None, consensus: str | None, normalize: bool, rescale: bool,
@@ -303,7 +201,7 @@ METHODS: dict[str, Method] = {
                                                             "clamp_t": Param(False, bool)},
                           min_models=2, summary="Model Stock interpolation toward the mean"),
     "sce": Method("sce", _sce, {}, {"select_topk": Param(1.0, float, _nonneg), "int8_mask": INT8,
-                                    "sce_mask_deltas": Param(True, bool), "tie_break": TIE_BREAK}, lazy=True,
+                                    "sce_mask_deltas": Param(False, bool), "tie_break": TIE_BREAK}, lazy=True,
                   summary="select by variance, weight by energy, erase minority signs"),
     "varm": Method("varm", _varm, {}, {"granularity": Param("matrix", str, _choice(GRANULARITIES)),
                                        "norm": Param("sum", str, _choice(NORMS)),

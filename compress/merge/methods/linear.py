@@ -1,9 +1,7 @@
-"""Weighted averaging and task arithmetic.
+"""Weighted averaging (model soups, Wortsman et al. 2022, arXiv 2203.05482).
 
-- `linear` (model soups, Wortsman et al. 2022, arXiv 2203.05482):
-  θ = Σ_i w_i θ_i / Σ_i w_i (normalize) or Σ_i w_i θ_i.
-- `task_arithmetic` (Ilharco et al. 2023, arXiv 2212.04089):
-  θ = θ_b + λ · Σ_i w_i δ_i (/ Σ_i w_i if normalize; a divisor with |Σw| < 1e-8 becomes 1).
+θ = Σ_i w_i θ_i / Σ_i w_i (normalize) or Σ_i w_i θ_i. The weights must not all be 0 (the plan
+refuses that: the result would be an all-zero model). Task arithmetic is in `task_arithmetic`.
 """
 
 from __future__ import annotations
@@ -38,14 +36,7 @@ def linear(tensors: Iterable[torch.Tensor], weights: Sequence[float], normalize:
         raise ValueError("linear merge of zero tensors")
     if normalize:
         total = float(sum(weights))
-        if abs(total) < 1e-8:
-            total = 1.0
+        if total == 0:
+            raise ValueError("linear merge with weights summing to 0")
         out /= total
     return out if out_dtype in (None, torch.float32) else out.to(out_dtype)
-
-
-def task_arithmetic(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
-                    normalize: bool = False, lam: float = 1.0) -> torch.Tensor:
-    """θ_b + λ · Σ w_i (θ_i − θ_b), the sum divided by Σ w_i when `normalize`."""
-    deltas = [t - base for t in tensors]
-    return base + lam * linear(deltas, weights, normalize)

@@ -10,6 +10,7 @@ while a large tensor (the embedding) never exists as N fp32 copies.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,24 @@ from dataclasses import dataclass
 import torch
 
 CHUNK = int(os.environ.get("COMPRESS_MERGE_CHUNK", 1 << 18))  # 1 MiB of fp32 per temporary
+SUM_BLOCK = 1 << 14  # entries per block of `fixed_sum`
+
+
+def fixed_sum(x: torch.Tensor) -> float:
+    """Σ x in fp64, with the same bits whatever the number of threads or the thread schedule.
+
+    A whole-tensor `torch.sum` on the CPU splits the work into one part per thread, so its rounding
+    depends on how many threads ran it. Here fixed blocks of SUM_BLOCK entries are each summed in
+    one pass (a reduction over the last dimension of a [blocks, SUM_BLOCK] view is split across
+    threads by block, never within one), and the block sums are added exactly with `math.fsum`.
+    """
+    flat = x.reshape(-1)
+    n = flat.numel()
+    full = n - n % SUM_BLOCK
+    parts = flat[:full].reshape(-1, SUM_BLOCK).sum(dim=1, dtype=torch.float64).tolist() if full else []
+    if n > full:
+        parts.append(float(flat[full:].sum(dtype=torch.float64)))
+    return math.fsum(parts)
 
 
 def tune_malloc(threshold: int = 2 << 20) -> None:

@@ -1,24 +1,31 @@
 """VaRM: variation-ratio merge (FuseChat v1, Wan et al. 2024, arXiv 2402.16107, §3.3).
 
 For each parameter matrix m and target j (a pivot fused with source j), Δθ_{j,m} = θ_{j,m} − θ_{b,m}:
-  statistic  S_{j,m} = mean(Δθ_{j,m}²)            (over the matrix, a decoder layer, or the model)
+  statistic  S_{j,m} = mean(Δθ_{j,m}²)
   weight     W_{j,m} = S_{j,m} / Σ_k S_{k,m}       (or softmax(S/temperature) across targets)
   merge      θ_m = Σ_j W_{j,m} θ_{j,m} = θ_{b,m} + Σ_j W_{j,m} Δθ_{j,m}   (Σ_j W = 1)
 
-Implemented as the paper means it, not as the released script behaves (shared/specs/merge.md §2.2):
-each target's statistic is measured against the pivot (not the targets against each other, not one
-shared analysis file), and a target with S = 0 gets weight 0. If every target has S = 0 the tensor
-is the pivot's (`zero_fallback="pivot"`); `zero_fallback="uniform"` reproduces the script's rule
-(any zero statistic -> uniform weights).
+Granularity of the statistic, as the official FuseChat script (`merge.py --merge_method`) has it:
+- "matrix" (avg_param, the paper's VaRM): S_{j,m} per tensor.
+- "layer" (avg_layer): one S per decoder layer, the SUM of the per-tensor means mean(Δθ²) of the
+  layer's tensors (not Σ Δθ² / Σ numel); tensors outside the decoder layers (embeddings, final
+  norm, lm_head) get uniform weights 1/K.
+- "model" (avg_model): one S for the whole model, Σ_m Σ Δθ_m² / Σ_m numel_m (pooled).
+
+Unlike the released script, each target's statistic is measured against the pivot (the script
+compares the targets with each other and loads one analysis file for every target, which makes the
+weights uniform), and a target with S = 0 gets weight 0. If every target has S = 0 the tensor is
+the pivot's (`zero_fallback="pivot"`); `zero_fallback="uniform"` is the script's rule (any zero
+statistic -> uniform weights).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from compress.merge.methods.stream import f32, spans
+from compress.merge.methods.stream import f32, fixed_sum, spans
 
 NORMS = ("sum", "softmax")
 ZERO_FALLBACKS = ("pivot", "uniform")
@@ -26,13 +33,38 @@ GRANULARITIES = ("matrix", "layer", "model")
 
 
 def squared_change(base: torch.Tensor, tensor: torch.Tensor) -> tuple[float, int]:
-    """(Σ Δθ², numel) of one tensor against the pivot, accumulated in fp64 over 1M-element chunks."""
+    """(Σ Δθ², numel) of one tensor against the pivot, in fp64 over 1M-element chunks (`fixed_sum`:
+    the same bits on any number of threads)."""
     a, b = tensor.reshape(-1), base.reshape(-1)
     total = 0.0
     for sl in spans(a.numel(), 1 << 20):
         d = a[sl].double() - b[sl].double()
-        total += float(d.square_().sum())
+        total += fixed_sum(d.square_())
     return total, a.numel()
+
+
+def granular_statistics(sums: Mapping[str, Sequence[tuple[float, int]]], layer_of: Mapping[str, int | None],
+                        granularity: str) -> dict[str, list[float] | None]:
+    """Each tensor's statistics S_j (one per target) from its (Σ Δθ², numel) per target.
+
+    None means "uniform weights" (tensors outside the decoder layers with granularity "layer").
+    """
+    k = len(next(iter(sums.values()), ()))
+    mean = {name: [sq / max(1, n) for sq, n in per] for name, per in sums.items()}
+    if granularity == "matrix":
+        return dict(mean)
+    if granularity == "model":
+        pooled = [sum(sums[x][j][0] for x in sums) / max(1, sum(sums[x][j][1] for x in sums)) for j in range(k)]
+        return {name: list(pooled) for name in sums}
+    if granularity != "layer":
+        raise ValueError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}")
+    per_layer: dict[int, list[float]] = {}
+    for name, layer in layer_of.items():
+        if layer is not None:
+            acc = per_layer.setdefault(layer, [0.0] * k)
+            for j in range(k):
+                acc[j] += mean[name][j]
+    return {name: (list(per_layer[layer_of[name]]) if layer_of.get(name) is not None else None) for name in sums}
 
 
 def varm_weights(stats: Sequence[float], norm: str = "sum", temperature: float = 1.0,
