@@ -87,8 +87,9 @@ def resolve_format(path: str | os.PathLike[str], format: str = "auto") -> str:
 def describe_format(path: str | os.PathLike[str], format: str = "auto", field: str | None = None) -> str:
     """The `text_format` line of a JSON output, e.g. 'wikitext-2 rows joined with \\n\\n'."""
     kind = resolve_format(path, format)
-    out = FORMAT_DESCRIPTIONS[kind]
-    return f"{out} (field {field})" if kind == "records" and field else out
+    if kind == "records" and field:
+        return f"records (fields {field}) joined with \\n\\n"
+    return FORMAT_DESCRIPTIONS[kind]
 
 
 def wikitext_rows(text: str) -> list[str]:

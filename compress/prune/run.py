@@ -106,7 +106,7 @@ def calibration_windows(model, tok, data: str | os.PathLike[str] | None, field: 
     if data is not None:
         windows = load_windows(data, tok, seq_len, samples if samples is not None else DEFAULT_SAMPLES, seed, field,
                                text_format)
-        return windows, f"{data} ({describe_format(data, text_format, field)})"
+        return windows, f"{data}, {describe_format(data, text_format, field)}"
     n = samples if samples is not None else DEFAULT_SAMPLES
     with progress_bar("generating calibration text", n) as advance:
         windows = generate_windows(model, tok, n, seq_len, seed, progress=advance)
