@@ -9,7 +9,7 @@ from typing import Any
 
 
 def average(values: list[float]) -> float | None:
-    """Unweighted mean (eval.md §2: Avg is the plain mean of the task numbers)."""
+    """Unweighted mean: the papers' Avg column is the plain mean of the task numbers."""
     return sum(values) / len(values) if values else None
 
 
