@@ -109,6 +109,24 @@ class Plan:
     task_info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How every model is scored (the same for all of them)."""
+
+    device: str
+    dtype: str
+    limit: int | None
+    num_fewshot: int | None
+    batch_size: int
+    seed: int
+    chat_template: bool
+    max_gen_toks: int | None
+    seq_len: int
+    ppl_batch_size: int
+    max_windows: int | None
+    text_format: str
+
+
 def check_options(limit: int | None, num_fewshot: int | None, max_gen_toks: int | None, max_windows: int | None,
                   batch_size: int, text_format: str) -> None:
     if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit <= 0):
@@ -168,7 +186,8 @@ def task_records(lm_tasks: list[TaskData], ppl_file: Path | None, seq_len: int, 
                         "data": {k: {"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for k, v in td.files.items()}}
     if ppl_file is not None:
         out[PPL_TASK] = {"metric": "ppl", "higher_is_better": False, "seq_len": seq_len, "max_windows": max_windows,
-                         "protocol": "non-overlapping windows of seq_len tokens, no context carried over",
+                         "protocol": "non-overlapping windows of seq_len tokens, no context carried over; "
+                                     "ppl = exp(mean over windows of the window's mean NLL)",
                          "text_format": describe_format(ppl_file, text_format),
                          "data": {"text": {"path": str(ppl_file.resolve()), "sha256": file_sha256(ppl_file)}}}
     return out
@@ -209,28 +228,28 @@ def describe_model(path: str, label: str, hash_models: bool) -> dict[str, Any]:
     return rec
 
 
-def score_model(p: Plan, path: str, label: str, opts: dict[str, Any], hash_models: bool) -> dict[str, Any]:
+def score_model(p: Plan, path: str, label: str, opts: Scoring, hash_models: bool) -> dict[str, Any]:
     """Load one model, run its lm-eval tasks and perplexity, free it: its eval.json record."""
     info(f"[{label}] loading {path}")
     rec = describe_model(path, label, hash_models)
-    model, tok = load(path, opts["device"], opts["dtype"])
+    model, tok = load(path, opts.device, opts.dtype)
     rec["dtype"] = dtype_name(next(model.parameters()).dtype)
     rec["loaded_parameters"] = sum(t.numel() for t in model.parameters())
     results: dict[str, Any] = {}
     if p.lm_tasks:
         from compress.eval.harness import run_lm_eval
 
-        limit = opts["limit"]
-        info(f"[{label}] lm-eval: {', '.join(t.task for t in p.lm_tasks)}" + (f" (limit {limit})" if limit else ""))
-        for task, r in run_lm_eval(model, tok, p.lm_tasks, limit=limit, num_fewshot=opts["num_fewshot"],
-                                   batch_size=opts["batch_size"], seed=opts["seed"],
-                                   chat_template=opts["chat_template"], max_gen_toks=opts["max_gen_toks"]).items():
+        info(f"[{label}] lm-eval: {', '.join(t.task for t in p.lm_tasks)}"
+             + (f" (limit {opts.limit})" if opts.limit else ""))
+        for task, r in run_lm_eval(model, tok, p.lm_tasks, limit=opts.limit, num_fewshot=opts.num_fewshot,
+                                   batch_size=opts.batch_size, seed=opts.seed, chat_template=opts.chat_template,
+                                   max_gen_toks=opts.max_gen_toks).items():
             results[task] = r.as_dict()
     if p.ppl_file is not None:
         info(f"[{label}] perplexity on {p.ppl_file}")
-        results[PPL_TASK] = file_perplexity(model, p.ppl_file, tokenizer=tok, seq_len=opts["seq_len"],
-                                            batch_size=opts["ppl_batch_size"], max_windows=opts["max_windows"],
-                                            text_format=opts["text_format"])
+        results[PPL_TASK] = file_perplexity(model, p.ppl_file, tokenizer=tok, seq_len=opts.seq_len,
+                                            batch_size=opts.ppl_batch_size, max_windows=opts.max_windows,
+                                            text_format=opts.text_format)
     rec["results"] = {t: results[t] for t in p.tasks}
     del model, tok
     gc.collect()
@@ -293,9 +312,8 @@ def evaluate(
              max_windows=max_windows, text_format=text_format)
     if output is not None:
         check_output(output, p.models, force)
-    opts = {"device": device, "dtype": dtype, "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
-            "seed": seed, "chat_template": chat_template, "max_gen_toks": max_gen_toks, "seq_len": seq_len,
-            "ppl_batch_size": ppl_batch_size, "max_windows": max_windows, "text_format": text_format}
+    opts = Scoring(device, dtype, limit, num_fewshot, batch_size, seed, chat_template, max_gen_toks, seq_len,
+                   ppl_batch_size, max_windows, text_format)
     records = [score_model(p, path, label, opts, hash_models) for path, label in zip(p.models, p.labels, strict=True)]
     hoist_task_configs(p, records)
     table = build_table(records, p.tasks)
