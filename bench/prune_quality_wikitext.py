@@ -52,11 +52,12 @@ def main() -> None:
     ap.add_argument("--note", default="")
     args = ap.parse_args()
 
+    from prune_zeroshot import removed_blocks, row_key
+
     import compress
     from compress.eval.ppl import perplexity
     from compress.progress import set_quiet
     from compress.prune.export import export_pruned
-    from prune_zeroshot import removed_blocks, row_key
 
     set_quiet(True)
     qfile = Path(args.quality)
