@@ -1,7 +1,7 @@
 """The package's import graph: every module imports, no cycles, and the layers point one way.
 
     (package root) -> cli  ->  api  ->  methods: prune, merge, distill, fuse, eval
-         ->  data, model  ->  arch  ->  checkpoint  ->  errors, progress
+         ->  data, model  ->  arch  ->  checkpoint  ->  errors, progress, jsonsafe
 
 An edge is every `from compress.X import ...` / `import compress.X`, at module level or inside a
 function (a lazy import is still a dependency). An edge may go down the layers or stay inside one
@@ -22,7 +22,7 @@ import compress
 ROOT = Path(compress.__file__).resolve().parent
 
 LAYERS = [
-    {"errors", "progress"},
+    {"errors", "progress", "jsonsafe"},
     {"checkpoint"},
     {"arch"},
     {"data", "model"},
