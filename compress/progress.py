@@ -1,7 +1,15 @@
-"""Progress bars on stderr (rich), silent when asked or when stderr is not a terminal in --json mode."""
+"""Messages and progress bars of the library.
+
+Messages go through the standard `logging` logger "compress" (`info`, `warn`): a Python user sees
+its warnings on stderr by Python's default and configures the rest as for any library
+(`logging.basicConfig(level=logging.INFO)`); the CLI installs `ConsoleHandler`, which renders them on
+stderr with rich (stdout stays for `--json`). Progress bars are drawn on stderr with rich, on the same
+console, unless `set_quiet(True)`.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +23,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 console = Console(stderr=True)
+logger = logging.getLogger("compress")
 _quiet = False
 
 
@@ -56,9 +66,30 @@ def status_bar(description: str, total: int, completed: int = 0) -> Iterator:
 
 
 def info(message: str) -> None:
-    if not _quiet:
-        console.print(message, highlight=False)
+    logger.info(message)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    logger.warning(message)
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records on the rich stderr console (so they interleave with live progress bars): the
+    message as written (no markup), warnings and errors prefixed `warning:` / `error:` in colour."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = Text(self.format(record))
+            if record.levelno >= logging.WARNING:
+                label = "warning" if record.levelno < logging.ERROR else "error"
+                text = Text.assemble((f"{label}: ", "yellow" if label == "warning" else "red"), text)
+            console.print(text, highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging's own contract: never raise from a handler
+            self.handleError(record)
+
+
+def use_console_handler(level: int = logging.INFO) -> None:
+    """The CLI's logging: records of the "compress" logger at `level` and above on stderr (once)."""
+    if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(ConsoleHandler())
+    logger.setLevel(level)

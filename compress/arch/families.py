@@ -4,7 +4,7 @@ Every decoder layer is split into an attention block and an MLP block ("minimal 
 BlockPruner). A block is named by the sub-modules of the layer it owns: removing the block removes
 those modules' tensors and makes the block the identity on the residual stream.
 
-Hazard (see shared/specs/prune.md §2): `post_attention_layernorm` is the pre-MLP norm in Llama,
+Hazard: `post_attention_layernorm` is the pre-MLP norm in Llama,
 Mistral, Qwen and Phi3, but the norm on the attention *output* in Gemma2/Gemma3 (sandwich norms).
 Blocks are therefore mapped per family, never guessed from tensor names.
 """

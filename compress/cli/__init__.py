@@ -80,6 +80,9 @@ def _run(argv: list[str] | None) -> int:
     those imports is handled like any other."""
     try:
         _quiet_libraries()
+        from compress.progress import use_console_handler
+
+        use_console_handler()  # library messages (logging "compress") rendered on stderr; stdout stays for --json
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _terminate)
         rv = cli.main(args=argv, prog_name="compress", standalone_mode=False)

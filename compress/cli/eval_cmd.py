@@ -9,6 +9,7 @@ from compress.cli.options import (
     emit_json,
     field_option,
     force_option,
+    format_option,
     json_option,
     seq_len_option,
 )
@@ -39,24 +40,26 @@ def command():
 @click.argument("model", type=click.Path())
 @data_option(required=True, help="Text to score, e.g. shared/data/wikitext-2-raw/wiki.test.raw.")
 @field_option
+@format_option
 @seq_len_option(2048)
 @click.option("--max-windows", type=int, default=None, help="Score only the first N windows (quick runs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @device_option
 @dtype_option("auto")
 @json_option
-def ppl(model, data, field, seq_len, max_windows, batch_size, device, dtype, as_json):
+def ppl(model, data, field, text_format, seq_len, max_windows, batch_size, device, dtype, as_json):
     """Perplexity of MODEL on --data (WikiText-2 protocol: non-overlapping windows of --seq-len)."""
     from compress import api, progress
 
     res = api.perplexity(model, data, seq_len=seq_len, batch_size=batch_size, max_windows=max_windows,
-                         field=field, device=device, dtype=dtype)
+                         field=field, text_format=text_format, device=device, dtype=dtype)
     if as_json:
         emit_json(res)
     else:
         progress.console.print(
             f"ppl {res['ppl']:.3f}  (nll {res['nll']:.4f}, {res['windows']} of {res['windows_available']} windows "
-            f"x {res['seq_len']} tokens, {res['dtype']} on {res['device']})", highlight=False)
+            f"x {res['seq_len']} tokens, {res['dtype']} on {res['device']}; text: {res['text_format']})",
+            highlight=False)
 
 
 @command.command("run")
@@ -73,6 +76,7 @@ def ppl(model, data, field, seq_len, max_windows, batch_size, device, dtype, as_
 @click.option("--max-gen-toks", type=int, default=None, help="Generation tasks (gsm8k): most new tokens (lm-eval: 256).")
 @click.option("--chat-template", is_flag=True, help="Wrap prompts in the model's chat template (off, as in the papers).")
 @data_option(help="Text for the ppl task (default: wikitext-2-raw/wiki.test.raw in the data folder).")
+@format_option
 @seq_len_option(2048)
 @click.option("--max-windows", type=int, default=None, help="ppl: score only the first N windows.")
 @click.option("--names", default=None, help="Comma list of labels for the models in the table (default: folder names).")
@@ -83,15 +87,16 @@ def ppl(model, data, field, seq_len, max_windows, batch_size, device, dtype, as_
 @device_option
 @dtype_option("auto")
 @json_option
-def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, max_gen_toks, chat_template, data, seq_len,
-        max_windows, names, output, force, seed, device, dtype, as_json):
+def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, max_gen_toks, chat_template, data,
+        text_format, seq_len, max_windows, names, output, force, seed, device, dtype, as_json):
     """Score MODEL(s) on lm-eval tasks (local data) and perplexity; one comparison table."""
     from compress import progress
     from compress.eval.run import evaluate, summary
 
     res = evaluate(list(models), tasks, data_dir=list(data_dir) or None, task_data=list(task_data), limit=limit,
                    num_fewshot=num_fewshot, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
-                   chat_template=chat_template, max_gen_toks=max_gen_toks, data=data, seq_len=seq_len, max_windows=max_windows,
+                   chat_template=chat_template, max_gen_toks=max_gen_toks, data=data, text_format=text_format, seq_len=seq_len,
+                   max_windows=max_windows,
                    names=[n.strip() for n in names.split(",")] if names else None, output=output, force=force)
     if as_json:
         emit_json(summary(res))

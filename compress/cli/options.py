@@ -79,6 +79,14 @@ def field_option(f):
                         help="JSON field(s) holding the text, comma-separated (default: text, or chat 'messages').")(f)
 
 
+def format_option(f):
+    return click.option(
+        "--format", "text_format", type=click.Choice(["auto", "text", "wikitext"]), default="auto", show_default=True,
+        help="How --data becomes text. text: the file as written; wikitext: the WikiText-2 protocol (each line "
+             "with its newline, blank lines empty, joined by a blank line - the rows of HF's wikitext datasets); "
+             "auto: wikitext for wiki.*.raw / wiki.*.tokens, records for .jsonl/.json, text otherwise.")(f)
+
+
 def seq_len_option(default: int = 2048):
     return click.option("--seq-len", type=click.IntRange(min=2), default=default, show_default=True,
                         help="Tokens per window.")

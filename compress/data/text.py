@@ -1,13 +1,22 @@
 """Text for calibration and evaluation: files -> documents -> one token stream -> fixed windows.
 
-Formats: `.txt` (and any other text file: one row per line, as the HF WikiText rows are), `.jsonl`
-and `.json` lists of records (`--field`, default `text`; several fields joined by a blank line,
-e.g. `instruction,output`), and chat records with a `messages` list, rendered with the model's chat
-template. Rows are joined with "\\n\\n" and tokenized once (the WikiText-2 protocol).
+How a file becomes text (`--format`, default `auto`):
+- `text`: the file exactly as written (its bytes decoded as UTF-8, line breaks untouched), one
+  document: the tokens are `tokenizer(file contents)`.
+- `wikitext`: the rows of the Hugging Face `wikitext` datasets - every line of the file with its
+  "\\n", a blank (whitespace-only) line as "" - joined with "\\n\\n", the perplexity protocol of the
+  pruning papers on WikiText-2 (`wikitext-2-raw-v1` test = the 4358 lines of `wiki.test.raw`).
+- records (`.jsonl`, `.json` lists): a field per record (`--field`, default `text`; several fields
+  joined by a blank line, e.g. `instruction,output`), or chat records with a `messages` list
+  rendered with the model's chat template; records joined with "\\n\\n".
+`auto` picks records for `.jsonl`/`.json`, `wikitext` for WikiText's own file names (`wiki.*.raw`,
+`wiki.*.tokens`) and `text` for every other file. The joined text is tokenized once, with the
+tokenizer's default special tokens (e.g. one BOS).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import random
@@ -19,6 +28,14 @@ import torch
 from compress.errors import CompressError
 
 JOINER = "\n\n"
+FORMATS = ("auto", "text", "wikitext")
+WIKITEXT_NAMES = ("wiki.*.raw", "wiki.*.tokens")
+# How the text was built, as the outputs name it ("text_format"; \n written as backslash-n).
+FORMAT_DESCRIPTIONS = {
+    "text": "the file as written",
+    "wikitext": "wikitext-2 rows joined with \\n\\n",
+    "records": "records joined with \\n\\n",
+}
 
 
 def _records(path: Path) -> list[tuple[int, Any]]:
@@ -55,36 +72,77 @@ def render_chat(tokenizer, messages: Any, where: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
-def read_documents(path: str | os.PathLike[str], field: str | None = None, tokenizer=None) -> list[str]:
-    """The rows of a text, JSON-lines or JSON file, as strings."""
+def resolve_format(path: str | os.PathLike[str], format: str = "auto") -> str:
+    """'text', 'wikitext' or 'records': how `path` is read under `--format` (see the module docstring)."""
+    if format not in FORMATS:
+        raise CompressError(f"unknown --format {format!r}: choose one of {', '.join(FORMATS)}")
     p = Path(path)
+    if format != "auto":
+        return format
+    if p.suffix in (".jsonl", ".json"):
+        return "records"
+    return "wikitext" if any(fnmatch.fnmatchcase(p.name, pat) for pat in WIKITEXT_NAMES) else "text"
+
+
+def describe_format(path: str | os.PathLike[str], format: str = "auto", field: str | None = None) -> str:
+    """The `text_format` line of a JSON output, e.g. 'wikitext-2 rows joined with \\n\\n'."""
+    kind = resolve_format(path, format)
+    if kind == "records" and field:
+        return f"records (fields {field}) joined with \\n\\n"
+    return FORMAT_DESCRIPTIONS[kind]
+
+
+def wikitext_rows(text: str) -> list[str]:
+    """The rows of Hugging Face's `wikitext` datasets: each line with its "\\n", blank lines as ""."""
+    lines = text.split("\n")
+    rows = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+    return [row if row.strip() else "" for row in rows]
+
+
+def _read_text(p: Path, universal_newlines: bool) -> str:
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CompressError(f"{p} is not UTF-8 text") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n") if universal_newlines else text
+
+
+def _record_documents(p: Path, field: str | None, tokenizer) -> list[str]:
+    fields = [f.strip() for f in (field or "").split(",") if f.strip()]
+    docs = []
+    for lineno, rec in _records(p):
+        where = f"{p}: line {lineno}" if p.suffix == ".jsonl" else f"{p}: record {lineno}"
+        if isinstance(rec, str) and not fields:
+            docs.append(rec)
+            continue
+        if not isinstance(rec, dict):
+            raise CompressError(f"{where}: expected a JSON object")
+        if not fields and "messages" in rec:
+            docs.append(render_chat(tokenizer, rec["messages"], where))
+            continue
+        use = fields or ["text"]
+        missing = [f for f in use if f not in rec]
+        if missing:
+            raise CompressError(f"{where}: no field {missing[0]!r} (choose one with --field; it has {', '.join(rec)})")
+        docs.append(JOINER.join(str(rec[f]) for f in use))
+    return docs
+
+
+def read_documents(path: str | os.PathLike[str], field: str | None = None, tokenizer=None,
+                   format: str = "auto") -> list[str]:
+    """The documents of a data file under `format`; joined with JOINER they are the text to tokenize."""
+    p = Path(path)
+    kind = resolve_format(p, format)
     if not p.is_file():
         raise CompressError(f"data file not found: {p}")
-    if p.suffix in (".jsonl", ".json"):
-        fields = [f.strip() for f in (field or "").split(",") if f.strip()]
-        docs = []
-        for lineno, rec in _records(p):
-            where = f"{p}: line {lineno}" if p.suffix == ".jsonl" else f"{p}: record {lineno}"
-            if isinstance(rec, str) and not fields:
-                docs.append(rec)
-                continue
-            if not isinstance(rec, dict):
-                raise CompressError(f"{where}: expected a JSON object")
-            if not fields and "messages" in rec:
-                docs.append(render_chat(tokenizer, rec["messages"], where))
-                continue
-            use = fields or ["text"]
-            missing = [f for f in use if f not in rec]
-            if missing:
-                raise CompressError(f"{where}: no field {missing[0]!r} (choose one with --field; it has {', '.join(rec)})")
-            docs.append(JOINER.join(str(rec[f]) for f in use))
+    if field and kind != "records":
+        raise CompressError(f"--field {field} names JSON fields, but {p} is read as {kind} (--format {format})")
+    if kind == "records":
+        docs = _record_documents(p, field, tokenizer)
+    elif kind == "wikitext":  # as Python's text mode (and so the HF loader) reads the file: universal newlines
+        docs = wikitext_rows(_read_text(p, universal_newlines=True))
     else:
-        try:
-            docs = p.read_text(encoding="utf-8").split("\n")
-        except UnicodeDecodeError:
-            raise CompressError(f"{p} is not UTF-8 text") from None
-        if docs and docs[-1] == "":
-            docs.pop()  # the final newline ends the last row; it is not a row of its own
+        docs = [_read_text(p, universal_newlines=False)]
     if not any(d.strip() for d in docs):
         raise CompressError(f"no text in {p}")
     return docs
@@ -117,6 +175,7 @@ def sample_windows(windows: torch.Tensor, samples: int | None, seed: int) -> tor
 
 
 def load_windows(path: str | os.PathLike[str], tokenizer, seq_len: int, samples: int | None = None,
-                 seed: int = 0, field: str | None = None) -> torch.Tensor:
-    docs = read_documents(path, field, tokenizer)
+                 seed: int = 0, field: str | None = None, format: str = "auto") -> torch.Tensor:
+    """Windows of `seq_len` tokens from a data file: read, join, tokenize once, pack, sample."""
+    docs = read_documents(path, field, tokenizer, format)
     return sample_windows(pack_windows(tokenize_stream(tokenizer, docs), seq_len), samples, seed)

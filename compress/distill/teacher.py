@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from compress.checkpoint.atomic import atomic_dir
+from compress.checkpoint.hashing import weights_hash as model_hash
 from compress.data.preference import PreferenceData, PreferenceExample, SlotBatch, collate_slot
 from compress.distill.forward import response_logits
 from compress.distill.losses import topk_from_logits
@@ -52,19 +53,6 @@ def check_same_vocab(student_tok, teacher_tok, teacher_name: str = "teacher") ->
                 f"{ib.get(i)!r} for the {teacher_name} ({len(a)} vs {len(b)} tokens); distillation needs one shared "
                 "vocabulary")
     raise CompressError(f"student and {teacher_name} tokenizers differ")
-
-
-def model_hash(path: str | os.PathLike[str]) -> str:
-    """sha256 over a model folder's config and weight files (their full contents)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    for f in sorted(list(p.glob("*.safetensors")) + [p / "config.json"]):
-        if f.is_file():
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

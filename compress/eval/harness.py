@@ -3,7 +3,7 @@
 lm-eval's own HF wrapper (`HFLM(pretrained=<model object>, tokenizer=...)`) scores the requests;
 the tasks are the inline configs of `compress.eval.tasks` (built-in prompts, local data), built by
 lm-eval's `TaskManager` without its hub task index. The result per task is the primary metric of
-eval.md §2 (acc_norm where the task defines it, else acc; exact_match for GSM8K), all metrics,
+the pruning papers (acc_norm where the task defines it, else acc; exact_match for GSM8K), all metrics,
 the prompt settings and the per-item outputs.
 """
 

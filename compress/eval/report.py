@@ -3,47 +3,13 @@ parameters and size on disk, and the change against the first model; as Markdown
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
-from compress.checkpoint.reader import Checkpoint
-
-
-def hashed_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The files `model_hash` covers: every weight file and config.json, sorted."""
-    ckpt = Checkpoint(path)
-    cfg = Path(path) / "config.json"
-    return sorted({Path(f) for f in ckpt.files()} | ({cfg} if cfg.is_file() else set()))
-
-
-def model_hash(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """sha256 of every weight file and of config.json, and one sha256 over those (sorted by name).
-
-    A `--export mask` folder holds no weights: its hash covers pruning.json (which records the base's
-    own weights hash, checked whenever the folder is loaded) instead.
-    """
-    from compress.prune.maskfile import MASK_FILE, is_mask_folder
-
-    if is_mask_folder(path):
-        digest = hashlib.sha256((Path(path) / MASK_FILE).read_bytes()).hexdigest()
-        return {"sha256": hashlib.sha256(f"{MASK_FILE}\0{digest}\n".encode()).hexdigest(), "files": {MASK_FILE: digest}}
-    files = hashed_files(path)
-    per: dict[str, str] = {}
-    total = hashlib.sha256()
-    for f in files:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
-                h.update(chunk)
-        per[f.name] = h.hexdigest()
-        total.update(f"{f.name}\0{per[f.name]}\n".encode())
-    return {"sha256": total.hexdigest(), "files": per}
-
 
 def average(values: list[float]) -> float | None:
-    """Unweighted mean (eval.md §2: Avg is the plain mean of the task numbers)."""
+    """Unweighted mean: the papers' Avg column is the plain mean of the task numbers."""
     return sum(values) / len(values) if values else None
 
 

@@ -11,15 +11,22 @@ import datetime as _dt
 import gc
 import os
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from compress import jsonsafe
 from compress.checkpoint.atomic import atomic_dir, check_output
+from compress.checkpoint.hashing import model_hash
 from compress.checkpoint.provenance import file_sha256
 from compress.checkpoint.reader import Checkpoint
+from compress.data.text import FORMATS, describe_format
 from compress.errors import CompressError
-from compress.eval.report import bar_plot, build_table, markdown, model_hash
+from compress.eval.inspect import inspect
+from compress.eval.ppl import file_perplexity
+from compress.eval.report import bar_plot, build_table, markdown
 from compress.eval.tasks import (
     LM_EVAL_TASKS,
     PPL_FILE,
@@ -31,6 +38,8 @@ from compress.eval.tasks import (
     primary_metric,
     resolve_task_data,
 )
+from compress.model.device import canonical_dtype_name, dtype_name, parse_dtype
+from compress.model.load import check_model, load
 from compress.progress import info
 
 METRIC_POLICY = "acc_norm_else_acc"
@@ -88,6 +97,184 @@ def parse_task_data(items: list[str] | tuple[str, ...] | dict[str, str] | None) 
     return out
 
 
+@dataclass
+class Plan:
+    """What `evaluate` will do, every input checked before any model is loaded."""
+
+    models: list[str]
+    labels: list[str]
+    tasks: list[str]
+    lm_tasks: list[TaskData]
+    ppl_file: Path | None
+    task_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How every model is scored (the same for all of them)."""
+
+    device: str
+    dtype: str
+    limit: int | None
+    num_fewshot: int | None
+    batch_size: int
+    seed: int
+    chat_template: bool
+    max_gen_toks: int | None
+    seq_len: int
+    ppl_batch_size: int
+    max_windows: int | None
+    text_format: str
+
+
+def check_options(limit: int | None, num_fewshot: int | None, max_gen_toks: int | None, max_windows: int | None,
+                  batch_size: int, text_format: str) -> None:
+    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit <= 0):
+        raise CompressError(f"--limit must be a positive number of documents, got {limit}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise CompressError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
+    if max_gen_toks is not None and max_gen_toks <= 0:
+        raise CompressError(f"--max-gen-toks must be positive, got {max_gen_toks}")
+    if max_windows is not None and max_windows <= 0:
+        raise CompressError(f"--max-windows must be positive, got {max_windows}")
+    if batch_size < 1:
+        raise CompressError(f"--batch-size must be at least 1, got {batch_size}")
+    if text_format not in FORMATS:
+        raise CompressError(f"unknown --format {text_format!r}: choose one of {', '.join(FORMATS)}")
+
+
+def dtype_setting(dtype: str | torch.dtype | None) -> str:
+    """'bfloat16' / torch.bfloat16 / 'bf16' -> 'bf16': eval.json records one spelling; unknown ones are refused."""
+    parse_dtype(dtype)
+    return canonical_dtype_name(dtype) if dtype is not None else "auto"
+
+
+def data_dirs(data_dir: str | os.PathLike[str] | list[str | os.PathLike[str]] | None) -> list[Path] | None:
+    if data_dir is None:
+        return None
+    dirs = [Path(d) for d in ([data_dir] if isinstance(data_dir, str | os.PathLike) else data_dir)]
+    for d in dirs:
+        if not d.is_dir():
+            raise CompressError(f"--data-dir {d} is not a folder")
+    return dirs
+
+
+def find_ppl_file(tasks: list[str], data: str | os.PathLike[str] | None, dirs: list[Path] | None) -> Path | None:
+    """The text of the ppl task: --data, else wikitext-2-raw/wiki.test.raw in the data folders."""
+    if PPL_TASK not in tasks:
+        if data is not None:
+            raise CompressError("--data is the text of the ppl task: add ppl to --tasks")
+        return None
+    if data is not None:
+        if not Path(data).is_file():
+            raise CompressError(f"no data for task ppl: {data} is not a file")
+        return Path(data)
+    look = dirs if dirs is not None else default_data_dirs()
+    found = [d / PPL_FILE for d in look if (d / PPL_FILE).is_file()]
+    if not found:
+        raise CompressError(f"no data for task ppl: looked for {PPL_FILE} in "
+                            f"{', '.join(map(str, look)) or '(no data folder)'}; pass --data FILE")
+    return found[0]
+
+
+def task_records(lm_tasks: list[TaskData], ppl_file: Path | None, seq_len: int, max_windows: int | None,
+                 text_format: str) -> dict[str, Any]:
+    """Per task: metric, direction, data files with their sha256 (and, for ppl, the text protocol)."""
+    out: dict[str, Any] = {}
+    for td in lm_tasks:
+        out[td.task] = {"metric": primary_metric(load_task_yaml(td.task)), "higher_is_better": True,
+                        "data": {k: {"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for k, v in td.files.items()}}
+    if ppl_file is not None:
+        out[PPL_TASK] = {"metric": "ppl", "higher_is_better": False, "seq_len": seq_len, "max_windows": max_windows,
+                         "protocol": "non-overlapping windows of seq_len tokens, no context carried over; "
+                                     "ppl = exp(mean over windows of the window's mean NLL)",
+                         "text_format": describe_format(ppl_file, text_format),
+                         "data": {"text": {"path": str(ppl_file.resolve()), "sha256": file_sha256(ppl_file)}}}
+    return out
+
+
+def plan(models, tasks, *, data_dir, task_data, data, names, seq_len, max_windows, text_format) -> Plan:
+    model_list = [str(models)] if isinstance(models, str | os.PathLike) else [str(m) for m in models]
+    if not model_list:
+        raise CompressError("no model given: compress eval MODEL [MODEL...] --tasks ...")
+    task_list = parse_tasks(tasks)
+    for m in model_list:  # a missing folder, a non-model, a mask whose base moved: refused before any work
+        check_model(m)
+    labels = _names(model_list, names)
+    dirs = data_dirs(data_dir)
+    per_task = parse_task_data(task_data)
+    lm_names = [t for t in task_list if t != PPL_TASK]
+    extra = sorted(set(per_task) - set(lm_names))
+    if extra:
+        raise CompressError(f"--task-data given for {', '.join(extra)}, which is not in --tasks {','.join(task_list)}")
+    lm_tasks = [resolve_task_data(t, dirs, per_task.get(t)) for t in lm_names]
+    ppl_file = find_ppl_file(task_list, data, dirs)
+    return Plan(model_list, labels, task_list, lm_tasks, ppl_file,
+                task_records(lm_tasks, ppl_file, seq_len, max_windows, text_format))
+
+
+def describe_model(path: str, label: str, hash_models: bool) -> dict[str, Any]:
+    """The table's facts about a model folder: parameters, size on disk, family, dtypes, hash."""
+    rec: dict[str, Any] = {"name": label, "path": str(Path(path).resolve())}
+    try:
+        summary = inspect(path)
+        rec.update(parameters=summary["parameters"], size_on_disk=summary["size_on_disk"],
+                   family=summary["family"], pruned=summary["pruned"], dtypes=summary["dtypes"])
+    except CompressError as e:
+        info(f"[{label}] inspect failed ({e}); parameters and size left blank")
+        rec.update(parameters=None, size_on_disk=Checkpoint(path).size_on_disk())
+    if hash_models:
+        rec["hash"] = model_hash(path)
+    return rec
+
+
+def score_model(p: Plan, path: str, label: str, opts: Scoring, hash_models: bool) -> dict[str, Any]:
+    """Load one model, run its lm-eval tasks and perplexity, free it: its eval.json record."""
+    info(f"[{label}] loading {path}")
+    rec = describe_model(path, label, hash_models)
+    model, tok = load(path, opts.device, opts.dtype)
+    rec["dtype"] = dtype_name(next(model.parameters()).dtype)
+    rec["loaded_parameters"] = sum(t.numel() for t in model.parameters())
+    results: dict[str, Any] = {}
+    if p.lm_tasks:
+        from compress.eval.harness import run_lm_eval
+
+        info(f"[{label}] lm-eval: {', '.join(t.task for t in p.lm_tasks)}"
+             + (f" (limit {opts.limit})" if opts.limit else ""))
+        for task, r in run_lm_eval(model, tok, p.lm_tasks, limit=opts.limit, num_fewshot=opts.num_fewshot,
+                                   batch_size=opts.batch_size, seed=opts.seed, chat_template=opts.chat_template,
+                                   max_gen_toks=opts.max_gen_toks).items():
+            results[task] = r.as_dict()
+    if p.ppl_file is not None:
+        info(f"[{label}] perplexity on {p.ppl_file}")
+        results[PPL_TASK] = file_perplexity(model, p.ppl_file, tokenizer=tok, seq_len=opts.seq_len,
+                                            batch_size=opts.ppl_batch_size, max_windows=opts.max_windows,
+                                            text_format=opts.text_format)
+    rec["results"] = {t: results[t] for t in p.tasks}
+    del model, tok
+    gc.collect()
+    return rec
+
+
+def hoist_task_configs(p: Plan, records: list[dict[str, Any]]) -> None:
+    """Prompt settings are the same for every model: keep them once, in the task's record."""
+    for td in p.lm_tasks:
+        first = records[0]["results"][td.task]
+        p.task_info[td.task].update(version=first["version"], num_fewshot=first["num_fewshot"], n=first["n"],
+                                    n_total=first["n_total"], config=first["config"])
+        for rec in records:
+            rec["results"][td.task].pop("config", None)
+
+
+def write_outputs(result: dict[str, Any], output: str | os.PathLike[str], inputs: list[str], force: bool) -> None:
+    """eval.json, results.md and results.png, written atomically."""
+    with atomic_dir(output, inputs, force) as tmp:
+        (tmp / "eval.json").write_text(jsonsafe.dumps(result, indent=2) + "\n")
+        (tmp / "results.md").write_text(result["markdown"])
+        bar_plot(result["table"], result["settings"]["tasks"], tmp / "results.png")
+    result["output"] = str(Path(output).resolve())
+
+
 def evaluate(
     models: str | os.PathLike[str] | list[str | os.PathLike[str]],
     tasks: str | list[str] | None = None,
@@ -106,6 +293,7 @@ def evaluate(
     seq_len: int = 2048,
     max_windows: int | None = None,
     ppl_batch_size: int = 4,
+    text_format: str = "auto",
     names: list[str] | None = None,
     output: str | os.PathLike[str] | None = None,
     force: bool = False,
@@ -115,116 +303,20 @@ def evaluate(
 
     Returns the eval.json record: settings, versions, per-task configs, per-model results (with
     per-item outputs), and the comparison table (change against the first model). With `output`,
-    writes eval.json, results.md and results.png there atomically.
+    writes eval.json, results.md and results.png there atomically. `text_format` is how the ppl task's
+    text file is read (see `compress.perplexity`).
     """
-    from compress.api import inspect as inspect_model
-    from compress.api import perplexity as api_perplexity
-    from compress.model.load import load
-
-    model_list = [str(models)] if isinstance(models, str | os.PathLike) else [str(m) for m in models]
-    if not model_list:
-        raise CompressError("no model given: compress eval MODEL [MODEL...] --tasks ...")
-    task_list = parse_tasks(tasks)
-    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit <= 0):
-        raise CompressError(f"--limit must be a positive number of documents, got {limit}")
-    if num_fewshot is not None and num_fewshot < 0:
-        raise CompressError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
-    if max_gen_toks is not None and max_gen_toks <= 0:
-        raise CompressError(f"--max-gen-toks must be positive, got {max_gen_toks}")
-    if max_windows is not None and max_windows <= 0:
-        raise CompressError(f"--max-windows must be positive, got {max_windows}")
-    if batch_size < 1:
-        raise CompressError(f"--batch-size must be at least 1, got {batch_size}")
-    from compress.prune.maskfile import is_mask_folder, read_mask
-
-    for m in model_list:  # refuses a missing folder / non-model before any work starts
-        if is_mask_folder(m):
-            read_mask(m)  # `compress prune --export mask`: its base must be where it was, unchanged
-        else:
-            Checkpoint(m)
-    labels = _names(model_list, names)
-
-    dirs = None
-    if data_dir is not None:
-        dirs = [Path(d) for d in ([data_dir] if isinstance(data_dir, str | os.PathLike) else data_dir)]
-        for d in dirs:
-            if not d.is_dir():
-                raise CompressError(f"--data-dir {d} is not a folder")
-    per_task = parse_task_data(task_data)
-    lm_tasks = [t for t in task_list if t != PPL_TASK]
-    extra = sorted(set(per_task) - set(lm_tasks))
-    if extra:
-        raise CompressError(f"--task-data given for {', '.join(extra)}, which is not in --tasks {','.join(task_list)}")
-    resolved: list[TaskData] = [resolve_task_data(t, dirs, per_task.get(t)) for t in lm_tasks]
-    ppl_file = None
-    if PPL_TASK in task_list:
-        if data is None:
-            look = dirs if dirs is not None else default_data_dirs()
-            found = [d / PPL_FILE for d in look if (d / PPL_FILE).is_file()]
-            if not found:
-                raise CompressError(f"no data for task ppl: looked for {PPL_FILE} in "
-                                    f"{', '.join(map(str, look)) or '(no data folder)'}; pass --data FILE")
-            ppl_file = found[0]
-        else:
-            ppl_file = Path(data)
-            if not ppl_file.is_file():
-                raise CompressError(f"no data for task ppl: {data} is not a file")
-    elif data is not None:
-        raise CompressError("--data is the text of the ppl task: add ppl to --tasks")
+    check_options(limit, num_fewshot, max_gen_toks, max_windows, batch_size, text_format)
+    dtype = dtype_setting(dtype)
+    p = plan(models, tasks, data_dir=data_dir, task_data=task_data, data=data, names=names, seq_len=seq_len,
+             max_windows=max_windows, text_format=text_format)
     if output is not None:
-        check_output(output, model_list, force)
-
-    task_info: dict[str, Any] = {}
-    for td in resolved:
-        cfg = load_task_yaml(td.task)
-        task_info[td.task] = {"metric": primary_metric(cfg), "higher_is_better": True,
-                              "data": {k: {"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for k, v in td.files.items()}}
-    if ppl_file is not None:
-        task_info[PPL_TASK] = {"metric": "ppl", "higher_is_better": False, "seq_len": seq_len,
-                               "max_windows": max_windows, "protocol": "eval.md §1.1 (BlockPruner form)",
-                               "data": {"text": {"path": str(ppl_file.resolve()), "sha256": file_sha256(ppl_file)}}}
-
-    records: list[dict[str, Any]] = []
-    for path, label in zip(model_list, labels, strict=True):
-        info(f"[{label}] loading {path}")
-        rec: dict[str, Any] = {"name": label, "path": str(Path(path).resolve())}
-        try:
-            summary = inspect_model(path)
-            rec.update(parameters=summary["parameters"], size_on_disk=summary["size_on_disk"],
-                       family=summary["family"], pruned=summary["pruned"], dtypes=summary["dtypes"])
-        except CompressError as e:
-            info(f"[{label}] inspect failed ({e}); parameters and size left blank")
-            rec.update(parameters=None, size_on_disk=Checkpoint(path).size_on_disk())
-        if hash_models:
-            rec["hash"] = model_hash(path)
-        model, tok = load(path, device, dtype)
-        rec["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
-        rec["loaded_parameters"] = sum(p.numel() for p in model.parameters())
-        results: dict[str, Any] = {}
-        if resolved:
-            from compress.eval.harness import run_lm_eval
-
-            info(f"[{label}] lm-eval: {', '.join(t.task for t in resolved)}" + (f" (limit {limit})" if limit else ""))
-            for task, r in run_lm_eval(model, tok, resolved, limit=limit, num_fewshot=num_fewshot,
-                                       batch_size=batch_size, seed=seed, chat_template=chat_template,
-                                       max_gen_toks=max_gen_toks).items():
-                results[task] = r.as_dict()
-        if ppl_file is not None:
-            info(f"[{label}] perplexity on {ppl_file}")
-            results[PPL_TASK] = api_perplexity(model, ppl_file, tokenizer=tok, seq_len=seq_len,
-                                               batch_size=ppl_batch_size, max_windows=max_windows)
-        rec["results"] = {t: results[t] for t in task_list}
-        records.append(rec)
-        del model, tok
-        gc.collect()
-
-    for td in resolved:  # prompt settings are the same for every model: keep them once, per task
-        first = records[0]["results"][td.task]
-        task_info[td.task].update(version=first["version"], num_fewshot=first["num_fewshot"], n=first["n"],
-                                  n_total=first["n_total"], config=first["config"])
-        for rec in records:
-            rec["results"][td.task].pop("config", None)
-    table = build_table(records, task_list)
+        check_output(output, p.models, force)
+    opts = Scoring(device, dtype, limit, num_fewshot, batch_size, seed, chat_template, max_gen_toks, seq_len,
+                   ppl_batch_size, max_windows, text_format)
+    records = [score_model(p, path, label, opts, hash_models) for path, label in zip(p.models, p.labels, strict=True)]
+    hoist_task_configs(p, records)
+    table = build_table(records, p.tasks)
     for rec, row in zip(records, table["rows"], strict=True):
         rec["average"] = row["average"]
         if "delta" in row:
@@ -233,21 +325,17 @@ def evaluate(
         "tool": "compress eval",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
-        "settings": {"tasks": task_list, "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
+        "settings": {"tasks": p.tasks, "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
                      "device": device, "dtype": dtype, "seed": seed, "chat_template": chat_template,
                      "max_gen_toks": max_gen_toks,
                      "metric_policy": METRIC_POLICY, "average": "unweighted mean of the accuracy tasks, percent"},
-        "tasks": task_info,
+        "tasks": p.task_info,
         "models": records,
         "table": table,
-        "markdown": markdown(table, task_list, {t: v["metric"] for t, v in task_info.items()}),
+        "markdown": markdown(table, p.tasks, {t: v["metric"] for t, v in p.task_info.items()}),
     }
     if output is not None:
-        with atomic_dir(output, model_list, force) as tmp:
-            (tmp / "eval.json").write_text(jsonsafe.dumps(result, indent=2) + "\n")
-            (tmp / "results.md").write_text(result["markdown"])
-            bar_plot(table, task_list, tmp / "results.png")
-        result["output"] = str(Path(output).resolve())
+        write_outputs(result, output, p.models, force)
     return result
 
 

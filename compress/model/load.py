@@ -2,6 +2,11 @@
 
 Missing weights are fatal (plain `from_pretrained` only warns and initialises them randomly), and
 checkpoints written by `compress prune` load with identity blocks without remote code.
+
+Loading is the one place below the methods that knows prune's output formats: a physically pruned
+checkpoint needs the pruned architecture (`compress.prune.modeling`) and a `--export mask` folder
+its removals (`compress.prune.maskfile`, `compress.prune.mask`). Those are function-level imports,
+and none of those modules imports this one (tests/test_imports.py checks both).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 import torch
 
 from compress.arch import PRUNED_KEY, family_for
+from compress.checkpoint.hashing import is_mask_folder
 from compress.checkpoint.reader import Checkpoint
 from compress.errors import CompressError
 from compress.model.device import parse_device, parse_dtype
@@ -39,11 +45,8 @@ def load_model(
 
     tlog.disable_progress_bar()
 
-    if ckpt is None:
-        from compress.prune.maskfile import is_mask_folder, load_masked
-
-        if is_mask_folder(path):  # `compress prune --export mask`: the base, its blocks removed in memory
-            return load_masked(path, device, dtype)
+    if ckpt is None and is_mask_folder(path):
+        return load_masked(path, device, dtype)
     ckpt = ckpt or Checkpoint(path)
     family_for(ckpt.config, ckpt.names())  # refuses unsupported architectures with a clear message
     dev = parse_device(device)
@@ -77,6 +80,31 @@ def load_model(
     if mism:
         raise CompressError(f"{path}: tensor shapes do not match the config, e.g. {list(mism)[0]}")
     return model.to(dev).eval()
+
+
+def load_masked(path: str | os.PathLike[str], device=None, dtype=None) -> torch.nn.Module:
+    """A `compress prune --export mask` folder: its base model (checked to be where it was and
+    unchanged) with the recorded removals applied in memory."""
+    from compress.prune.mask import apply_removals
+    from compress.prune.maskfile import read_mask
+
+    data = read_mask(path)
+    base = data["base"]["path"]
+    ckpt = Checkpoint(base)
+    model = load_model(base, device, dtype, ckpt=ckpt)
+    apply_removals(model, family_for(ckpt.config, ckpt.names()), [(int(i), str(k)) for i, k in data["removed"]])
+    return model
+
+
+def check_model(path: str | os.PathLike[str]) -> None:
+    """Refuse a missing folder, a folder that is no model, or a mask folder whose base moved or
+    changed - before any work starts."""
+    if is_mask_folder(path):
+        from compress.prune.maskfile import read_mask
+
+        read_mask(path)
+    else:
+        Checkpoint(path)
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device | None = "cpu",

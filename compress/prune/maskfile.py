@@ -19,40 +19,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
+from compress.checkpoint.hashing import MASK_FILE, files_stat, is_mask_folder, weights_hash
 from compress.errors import CompressError
 
-MASK_FILE = "pruning.json"
 FORMAT = "compress-prune-mask"
 VERSION = 1
 
-__all__ = ["MASK_FILE", "inspect_mask", "is_mask_folder", "load_masked", "read_mask", "weights_hash", "write_mask"]
-
-
-def is_mask_folder(path: str | os.PathLike[str]) -> bool:
-    """A folder written by `--export mask` (pruning.json, no config.json of its own)."""
-    p = Path(path)
-    return p.is_dir() and (p / MASK_FILE).is_file() and not (p / "config.json").is_file()
-
-
-def weights_hash(model_dir: str | os.PathLike[str]) -> str:
-    """sha256 over the sha256 of every weight file and of config.json (compress eval's model hash)."""
-    from compress.eval.report import model_hash
-
-    return model_hash(model_dir)["sha256"]
-
-
-def files_stat(model_dir: str | os.PathLike[str]) -> dict[str, list[int]]:
-    """{file name: [size, mtime_ns]} of the files `weights_hash` covers: while these are unchanged the
-    base is taken as unchanged without reading its weights again (a 7B base is ~15 GB to hash)."""
-    from compress.eval.report import hashed_files
-
-    out = {}
-    for f in hashed_files(model_dir):
-        st = f.stat()
-        out[f.name] = [st.st_size, st.st_mtime_ns]
-    return out
+__all__ = ["MASK_FILE", "files_stat", "inspect_mask", "is_mask_folder", "read_mask", "weights_hash", "write_mask"]
 
 
 def _locate_base(folder: Path, rec: dict[str, Any], p: Path) -> Path:
@@ -135,21 +108,6 @@ def read_mask(path: str | os.PathLike[str], verify: bool = True) -> dict[str, An
             raise CompressError(f"the base model at {base} changed since {path} was written (its weights hash "
                                 "differs): the mask applies only to the model it was searched on")
     return data
-
-
-def load_masked(path: str | os.PathLike[str], device=None, dtype=None) -> nn.Module:
-    """The base model with the mask's K removals applied in memory (compress.prune.mask)."""
-    from compress.arch import family_for
-    from compress.checkpoint.reader import Checkpoint
-    from compress.model.load import load_model
-    from compress.prune.mask import apply_removals
-
-    data = read_mask(path)
-    base = data["base"]["path"]
-    ckpt = Checkpoint(base)
-    model = load_model(base, device, dtype, ckpt=ckpt)
-    apply_removals(model, family_for(ckpt.config, ckpt.names()), [(int(i), str(k)) for i, k in data["removed"]])
-    return model
 
 
 def inspect_mask(path: str | os.PathLike[str], base_inspect) -> dict[str, Any]:

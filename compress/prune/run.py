@@ -94,16 +94,19 @@ def compute_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def calibration_windows(model, tok, data: str | os.PathLike[str] | None, field: str | None, seq_len: int,
-                        samples: int | None, calib_tokens: int | None, seed: int) -> tuple[torch.Tensor, str]:
+                        samples: int | None, calib_tokens: int | None, seed: int,
+                        text_format: str = "auto") -> tuple[torch.Tensor, str]:
     from compress.data import generate_windows, load_windows
+    from compress.data.text import describe_format
 
     if calib_tokens is not None:
         if calib_tokens < seq_len:
             raise CompressError(f"--calib-tokens {calib_tokens} is less than one window of --seq-len {seq_len}")
         samples = math.ceil(calib_tokens / seq_len)
     if data is not None:
-        windows = load_windows(data, tok, seq_len, samples if samples is not None else DEFAULT_SAMPLES, seed, field)
-        return windows, str(data)
+        windows = load_windows(data, tok, seq_len, samples if samples is not None else DEFAULT_SAMPLES, seed, field,
+                               text_format)
+        return windows, f"{data}, {describe_format(data, text_format, field)}"
     n = samples if samples is not None else DEFAULT_SAMPLES
     with progress_bar("generating calibration text", n) as advance:
         windows = generate_windows(model, tok, n, seq_len, seed, progress=advance)
@@ -133,6 +136,7 @@ def prune(
     max_ppl: float | None = None,
     data: str | os.PathLike[str] | None = None,
     field: str | None = None,
+    text_format: str = "auto",
     seq_len: int = 2048,
     samples: int | None = None,
     calib_tokens: int | None = None,
@@ -202,7 +206,8 @@ def prune(
     already = runner.removed_in_model()
     if already != set(range(runner.n_positions)) - present:
         raise CompressError(f"{model}: the loaded model's blocks do not match its checkpoint's tensors")
-    windows, source = calibration_windows(net, tok, data, field, seq_len, samples, calib_tokens, seed)
+    windows, source = calibration_windows(net, tok, data, field, seq_len, samples, calib_tokens, seed,
+                                          text_format)
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     info(f"calibration: {windows.shape[0]} windows x {windows.shape[1]} tokens = {tokens:,} scored tokens ({source})")
     if tokens < SMALL_CALIBRATION:

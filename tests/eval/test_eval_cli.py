@@ -138,7 +138,7 @@ def test_two_models_all_tasks_equal_lm_eval(tiny_pair, local_data, wiki_test, tm
 
 @pytest.mark.parametrize("mode", ["physical", "zeroed"])
 def test_pruned_checkpoint_equals_masked_model(tiny_llama, local_data, tmp_path, mode):
-    """eval.md §2: a model written by `compress prune` (each export mode; custom layers for the
+    """A model written by `compress prune` (each export mode; custom layers for the
     physical one) scores the same as the masked model in memory."""
     from compress import load
     from compress.arch import family_for

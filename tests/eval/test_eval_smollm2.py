@@ -45,3 +45,28 @@ def test_smollm2_gsm8k_generation_equals_lm_eval(smollm2, local_data, tmp_path, 
     assert ours["value"] == ref["results"]["gsm8k"]["exact_match,strict-match"]
     assert ours["metrics"]["exact_match,flexible-extract"] == ref["results"]["gsm8k"]["exact_match,flexible-extract"]
     assert rec["tasks"]["gsm8k"]["num_fewshot"] == 1
+
+
+def test_smollm2_wikitext_ppl_equals_hf_rows_and_loss(smollm2, wiki_test, capsys):
+    """`eval ppl` on wiki.test.raw = exp(mean of transformers' own loss) over windows cut from the
+    tokens of the HF `wikitext-2-raw-v1` test rows joined with "\\n\\n" (rows built here as the HF
+    loader builds them: each line with its newline, blank lines "")."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with open(wiki_test, encoding="utf-8") as fh:
+        rows = [row if row.strip() else "" for row in fh]
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    ids = tok("\n\n".join(rows), return_tensors="pt")["input_ids"][0]
+    windows = ids[: 2 * 512].view(2, 512)
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    with torch.no_grad():
+        ref = math.exp(sum(float(model(input_ids=w[None], labels=w[None]).loss) for w in windows) / 2)
+    assert main(["eval", "ppl", str(smollm2), "--data", str(wiki_test), "--seq-len", "512", "--max-windows", "2",
+                 "--dtype", "float32", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["ppl"] == pytest.approx(ref, rel=1e-4)
+    assert res["windows_available"] == ids.numel() // 512
+    assert res["text_format"] == "wikitext-2 rows joined with \\n\\n"

@@ -25,7 +25,7 @@ PROMPT_KEYS = ("output_type", "doc_to_text", "doc_to_choice", "doc_to_target", "
 
 
 def test_metric_policy_spec():
-    """eval.md §6.2: acc for WinoGrande, acc_norm for PIQA, HellaSwag, ARC-e and ARC-c."""
+    """The papers' policy: acc for WinoGrande, acc_norm for PIQA, HellaSwag, ARC-e and ARC-c."""
     pol = {t: primary_metric(load_task_yaml(t)) for t in LM_EVAL_TASKS}
     assert pol["winogrande"] == "acc"
     assert all(pol[t] == "acc_norm" for t in ("piqa", "hellaswag", "arc_easy", "arc_challenge"))

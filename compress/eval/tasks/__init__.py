@@ -160,7 +160,8 @@ def task_config(data: TaskData) -> dict[str, Any]:
 
 
 def primary_metric(cfg: dict[str, Any]) -> str:
-    """The pruning papers' policy (eval.md §2): `acc_norm` where the task defines it, else `acc`;
+    """The pruning papers' policy (BlockPruner's and SLEB's lm-eval runs): `acc_norm` where the task
+    defines it, else `acc` (so WinoGrande and BoolQ report acc, PIQA, HellaSwag and ARC acc_norm);
     generation tasks report `exact_match` after the first filter (gsm8k: strict-match)."""
     names = [m["metric"] for m in cfg.get("metric_list", [])]
     if "acc_norm" in names:
