@@ -17,19 +17,24 @@ layer that really holds keys. Slots stay indexed by decoder-layer index.
 from __future__ import annotations
 
 import functools
+import json
+import os
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from compress.arch import ATTN, BLOCK_KINDS, MLP, PRUNED_KEY, Family, family_for, num_layers
+from compress.arch.remote_code import MODELING_FILE, MODELING_MODULE, remote_modeling_source
 from compress.checkpoint.reader import Checkpoint
 from compress.errors import CompressError
 from compress.prune.mask import apply_removals, decoder_layers, dummy_layer_class
 
-__all__ = ["dummy_cache_slots", "install_cache_fix", "load_pruned", "pruned_class", "validate_pruned_map"]
+__all__ = ["check_removals", "dummy_cache_slots", "install_cache_fix", "load_pruned", "pruned_class",
+           "validate_pruned_map", "write_modeling_code"]
 
 
 def validate_pruned_map(config: dict[str, Any], where: str = "config.json") -> dict[str, list[int]]:
@@ -49,6 +54,34 @@ def validate_pruned_map(config: dict[str, Any], where: str = "config.json") -> d
         if bad:
             raise CompressError(f"{where}: {PRUNED_KEY}[{kind!r}] names layer {bad[0]}, but the model has {n} layers")
         out[kind] = sorted(set(vals))
+    return out
+
+
+def check_removals(removed: Iterable[Any], n: int, already: dict[str, list[int]] | None = None,
+                   where: str = "") -> list[tuple[int, str]]:
+    """A list of blocks to remove, checked against a model of `n` layers: each item (layer, 'attn' |
+    'mlp') with 0 <= layer < n, none twice, none among the blocks `already` removed, and at least one
+    block of the model left. Returns the items as tuples."""
+    already = already or {ATTN: [], MLP: []}
+    at = f"{where}: " if where else ""
+    out: list[tuple[int, str]] = []
+    for item in removed:
+        try:
+            layer, kind = item
+        except (TypeError, ValueError):
+            raise CompressError(f"{at}a removed block must be (layer, 'attn' | 'mlp'), got {item!r}") from None
+        if not isinstance(kind, str) or kind not in BLOCK_KINDS:
+            raise CompressError(f"{at}unknown block kind {kind!r} for layer {layer}: use 'attn' or 'mlp'")
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
+            raise CompressError(f"{at}cannot remove block {kind} of layer {layer}: the model has layers 0..{n - 1}")
+        if (layer, kind) in out:
+            raise CompressError(f"{at}block {kind} of layer {layer} is listed twice")
+        if layer in already[kind]:
+            raise CompressError(f"{at}block {kind} of layer {layer} was already removed from this checkpoint")
+        out.append((layer, kind))
+    if len(out) + len(already[ATTN]) + len(already[MLP]) >= 2 * n:
+        raise CompressError(f"{at}this removes every block of the model ({2 * n} blocks in {n} layers): "
+                            "keep at least one block")
     return out
 
 
@@ -95,6 +128,17 @@ def install_cache_fix(model: nn.Module, family: Family, attn_removed: list[int])
     body.register_forward_hook(after, with_kwargs=True)
 
 
+def write_modeling_code(folder: str | os.PathLike[str], family: Family) -> None:
+    """Add modeling_compress_pruned.py (rendered from the package template) to a saved pruned model
+    folder and register it in config.json."""
+    cfg_file = Path(folder) / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    src, cls = remote_modeling_source(family, cfg.get("model_type", ""))
+    (Path(folder) / MODELING_FILE).write_text(src)
+    cfg.setdefault("auto_map", {})["AutoModelForCausalLM"] = f"{MODELING_MODULE}.{cls}"
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 @functools.cache
 def pruned_class(base: type, family: Family) -> type:
     """A subclass of the transformers class `base` whose __init__ removes the config's pruned blocks."""
@@ -110,8 +154,6 @@ def pruned_class(base: type, family: Family) -> type:
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' save_pretrained, plus the modeling file that lets others load the folder."""
         base.save_pretrained(self, save_directory, *args, **kwargs)
-        from compress.prune.export import write_modeling_code
-
         write_modeling_code(save_directory, family)
 
     return type(f"Pruned{base.__name__}", (base,),
