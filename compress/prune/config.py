@@ -147,5 +147,7 @@ def parse_config(**values: Any) -> PruneConfig:
     except ValidationError as e:
         err = e.errors()[0]
         name = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise CompressError(f"unknown option {name!r}: the options are {', '.join(PruneConfig.model_fields)}") from None
         opt = "--" + name.replace("_", "-") if name in PruneConfig.model_fields else name or "options"
         raise CompressError(f"invalid {opt}: {err['msg']}") from None

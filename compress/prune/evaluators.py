@@ -16,7 +16,7 @@ Every evaluator follows the `Evaluator` protocol; the search never asks which ki
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -33,6 +33,7 @@ Bound = Callable[[Unit, float], bool]
 Scores = Iterator[tuple[Unit, float, bool]]  # (unit, loss, complete); an incomplete loss is a lower bound
 
 
+@runtime_checkable
 class Evaluator(Protocol):
     """What the greedy search needs from a way of running the model."""
 

@@ -1,4 +1,4 @@
-"""Writing a pruned model as a checkpoint (spec prune.md §8.2): `physical` (smaller) or `zeroed`.
+"""Writing a pruned model as a checkpoint: `physical` (smaller) or `zeroed`.
 
 `physical`: the tensors of removed blocks are not written. Layers that lost both blocks are
 deleted and the remaining layers renumbered contiguously (tensor keys, `num_hidden_layers`, the
@@ -39,7 +39,6 @@ from compress.arch import (
     Family,
     block_of,
     family_for,
-    num_layers,
     split_layer_name,
 )
 from compress.arch.remote_code import MODELING_FILE, MODELING_MODULE, remote_modeling_source
@@ -48,7 +47,7 @@ from compress.checkpoint.save import save_checkpoint
 from compress.checkpoint.writer import ShardedWriter, TensorSpec
 from compress.errors import CompressError
 from compress.progress import progress_bar
-from compress.prune.modeling import check_removals, validate_pruned_map
+from compress.prune.modeling import check_layers, check_removals, validate_pruned_map
 
 MODES = ("physical", "zeroed")
 # Index-based config fields of other architectures that cannot be remapped when layers are deleted.
@@ -106,7 +105,7 @@ def plan_export(ckpt: Checkpoint, removed: Iterable[tuple[int, str]], mode: str 
     cfg = ckpt.config
     names = ckpt.names()
     family = family_for(cfg, names)
-    n = num_layers(cfg)
+    n = check_layers(ckpt, family)
     already = validate_pruned_map(cfg, f"{ckpt.path}/config.json")
     new = check_removals(removed, n, already)
     gone = {kind: set(already[kind]) for kind in BLOCK_KINDS}

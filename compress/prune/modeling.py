@@ -5,9 +5,11 @@ some layers lost their attention or MLP block. `config.json` lists those blocks 
 `compress_pruned_blocks: {"attn": [...], "mlp": [...]}` (indices of the checkpoint's own layers).
 `load_pruned` builds the standard model class with those blocks replaced by the identity modules of
 `compress.prune.mask` (before any weight is loaded, so their tensors are not expected) and then
-loads the weights with transformers: any other missing tensor is fatal.
+loads the weights with transformers: any other missing tensor is fatal. This module also checks
+the block structure a checkpoint claims: config and tensors agree on the layers, the pruned-block
+map is valid, a list of removals fits the model.
 
-KV cache (spec §8.3): a removed attention block writes no cache entry, and transformers reads the
+KV cache: a removed attention block writes no cache entry, and transformers reads the
 past length from cache layer 0 and sizes the masks from the first full-attention cache layer. The
 cache slot of every removed attention layer is therefore turned into a transformers `DummyLayer`
 (as for KV-sharing layers): `Cache.get_seq_length()` and the mask builders then skip it and read a
@@ -27,14 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.arch import ATTN, BLOCK_KINDS, MLP, PRUNED_KEY, Family, family_for, num_layers
+from compress.arch import ATTN, BLOCK_KINDS, MLP, PRUNED_KEY, Family, family_for, num_layers, split_layer_name
 from compress.arch.remote_code import MODELING_FILE, MODELING_MODULE, remote_modeling_source
 from compress.checkpoint.reader import Checkpoint
 from compress.errors import CompressError
 from compress.prune.mask import apply_removals, decoder_layers, dummy_layer_class
 
-__all__ = ["check_removals", "dummy_cache_slots", "install_cache_fix", "load_pruned", "pruned_class",
-           "validate_pruned_map", "write_modeling_code"]
+__all__ = ["check_layers", "check_removals", "dummy_cache_slots", "install_cache_fix", "load_pruned", "pruned_class",
+           "text_config_value", "validate_pruned_map", "write_modeling_code"]
 
 
 def validate_pruned_map(config: dict[str, Any], where: str = "config.json") -> dict[str, list[int]]:
@@ -55,6 +57,35 @@ def validate_pruned_map(config: dict[str, Any], where: str = "config.json") -> d
             raise CompressError(f"{where}: {PRUNED_KEY}[{kind!r}] names layer {bad[0]}, but the model has {n} layers")
         out[kind] = sorted(set(vals))
     return out
+
+
+def text_config_value(config: dict[str, Any], key: str) -> Any:
+    """A config value, from the config itself or its `text_config` (multimodal configs)."""
+    value = config.get(key)
+    if value is None and isinstance(config.get("text_config"), dict):
+        value = config["text_config"].get(key)
+    return value
+
+
+def check_layers(ckpt: Checkpoint, family: Family) -> int:
+    """The layer count, once config.json and the tensors agree on it: n >= 1 and tensors for layers
+    0 .. n-1 exactly (a layer whose both blocks are listed as pruned may hold none)."""
+    try:
+        n = num_layers(ckpt.config)
+    except CompressError:
+        n = text_config_value(ckpt.config, "num_hidden_layers")
+    held = sorted({s[0] for s in (split_layer_name(family, name) for name in ckpt.names()) if s is not None})
+    have = f"the tensors hold {len(held)} layers" + (f" ({held[0]}..{held[-1]})" if held else "")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or (held and held[-1] >= n):
+        raise CompressError(f"{ckpt.path}: config.json says num_hidden_layers = {n!r}, but {have}: "
+                            "the config and the weights disagree")
+    pruned = validate_pruned_map(ckpt.config, f"{ckpt.path}/config.json")
+    empty = set(pruned["attn"]) & set(pruned["mlp"])
+    missing = [i for i in range(n) if i not in held and i not in empty]
+    if missing:
+        raise CompressError(f"{ckpt.path}: config.json says num_hidden_layers = {n}, but {have} "
+                            f"(none for layer {missing[0]}): the config and the weights disagree")
+    return n
 
 
 def check_removals(removed: Iterable[Any], n: int, already: dict[str, list[int]] | None = None,

@@ -19,19 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.arch import Family, family_for, num_layers, split_layer_name
+from compress.arch import Family, family_for
 from compress.checkpoint.reader import Checkpoint
 from compress.errors import CompressError
 from compress.prune.config import PruneConfig
 from compress.prune.evaluators import fast_state_bytes
-from compress.prune.modeling import validate_pruned_map
+from compress.prune.modeling import check_layers, text_config_value
 from compress.prune.params import ParamCount, checkpoint_params
 from compress.prune.registry import METHODS
 from compress.prune.score import position
 from compress.prune.search import StopRule
 from compress.prune.units import Unit, block_units, layer_units
 
-__all__ = ["Plan", "available_memory", "check_layers", "check_search_memory", "make_plan", "text_config_value"]
+__all__ = ["Plan", "available_memory", "check_search_memory", "make_plan", "text_config_value"]
 
 
 @dataclass
@@ -46,35 +46,6 @@ class Plan:
     units: list[Unit]  # the candidates, in the official order
     stop: StopRule
     what: str  # how to name the candidates in messages
-
-
-def text_config_value(config: dict[str, Any], key: str) -> Any:
-    """A config value, from the config itself or its `text_config` (multimodal configs)."""
-    value = config.get(key)
-    if value is None and isinstance(config.get("text_config"), dict):
-        value = config["text_config"].get(key)
-    return value
-
-
-def check_layers(ckpt: Checkpoint, family: Family) -> int:
-    """The layer count, once config.json and the tensors agree on it: n >= 1 and tensors for layers
-    0 .. n-1 exactly (a layer whose both blocks are listed as pruned may hold none)."""
-    try:
-        n = num_layers(ckpt.config)
-    except CompressError:
-        n = text_config_value(ckpt.config, "num_hidden_layers")
-    held = sorted({s[0] for s in map(lambda name: split_layer_name(family, name), ckpt.names()) if s is not None})
-    have = f"the tensors hold {len(held)} layers" + (f" ({held[0]}..{held[-1]})" if held else "")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or (held and held[-1] >= n):
-        raise CompressError(f"{ckpt.path}: config.json says num_hidden_layers = {n!r}, but {have}: "
-                            "the config and the weights disagree")
-    pruned = validate_pruned_map(ckpt.config, f"{ckpt.path}/config.json")
-    empty = set(pruned["attn"]) & set(pruned["mlp"])
-    missing = [i for i in range(n) if i not in held and i not in empty]
-    if missing:
-        raise CompressError(f"{ckpt.path}: config.json says num_hidden_layers = {n}, but {have} "
-                            f"(none for layer {missing[0]}): the config and the weights disagree")
-    return n
 
 
 def _check_runnable(config: dict[str, Any], path: Path, seq_len: int) -> None:

@@ -28,8 +28,9 @@ from compress.prune import report as rep
 from compress.prune.baselines import rank_by_score, shortgpt_scores
 from compress.prune.config import PruneConfig, parse_config
 from compress.prune.evaluators import Evaluator, FastEvaluator, NaiveEvaluator
+from compress.prune.modeling import text_config_value
 from compress.prune.offload import OffloadEvaluator, StreamedRunner, build_skeleton, stored_dtype
-from compress.prune.plan import Plan, check_search_memory, make_plan, text_config_value
+from compress.prune.plan import Plan, check_search_memory, make_plan
 from compress.prune.registry import METHODS
 from compress.prune.score import BlockRunner
 from compress.prune.search import GreedySearch, SearchResult, StepRecord, select_prefix
