@@ -72,6 +72,13 @@ class PruneConfig(BaseModel):
     offload: bool = Field(False, description="Stream the weights layer by layer from the checkpoint (at most one "
                           "layer on the device), for models larger than the device; exact, needs --data.")
 
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise CompressError(f"data file not found: {v}")
+        return v
+
     @field_validator("seed")
     @classmethod
     def _seed(cls, v: int) -> int:

@@ -136,6 +136,7 @@ def test_a_model_type_transformers_does_not_know(tmp_path, capsys, tiny_models, 
     (["--blocks", "1", "--samples", "2", "--calib-tokens", "64"], "alternatives"),
     (["--blocks", "1", "--calib-tokens", "8"], "less than one window"),
     (["--blocks", "1", "--block-type", "attn", "--method", "sleb"], "applies to --method blockpruner only"),
+    (["--blocks", "1", "--data", "/no/such/file.txt"], "data file not found"),
 ])
 def test_bad_options_before_any_work(tmp_path, capsys, tiny_models, no_load, args, message):
     line = fails(capsys, tiny_models["llama"], "-o", tmp_path / "out", *CAL[:4], *args)  # CAL without --samples
