@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from compress.checkpoint.atomic import check_output
+from compress.checkpoint.lock import release
 from compress.errors import CompressError
 from compress.model.device import dtype_name, parse_device, parse_dtype
 from compress.progress import info, progress_bar, warn
@@ -74,7 +75,21 @@ class Loaded:
 def run(cfg: PruneConfig, *, force: bool = False, resume: bool = False, show_table: bool = True) -> dict[str, Any]:
     """One prune run from a validated config (see `prune`)."""
     t0 = time.perf_counter()
-    check_output(cfg.output, [cfg.model], force)
+    out = check_output(cfg.output, [cfg.model], force)  # takes the output's lock
+    try:
+        report, result = _run(cfg, force, resume)
+    finally:
+        release(out)  # also when the run fails: a later run (or another process) may write OUT
+    report["seconds_total"] = time.perf_counter() - t0
+    if show_table:
+        rep.print_table(report)
+        info(f"wrote {report['output']} ({len(report['removed'])} blocks removed, {100 * report['ratio']:.2f}% of "
+             f"parameters, calibration ppl {result.dense_ppl:.3f} -> {report['ppl']:.3f})")
+    return report
+
+
+def _run(cfg: PruneConfig, force: bool, resume: bool) -> tuple[dict[str, Any], SearchResult]:
+    """plan -> load -> calibrate -> search -> export; returns the report and the search result."""
     plan = make_plan(cfg)
     dev = parse_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -89,15 +104,9 @@ def run(cfg: PruneConfig, *, force: bool = False, resume: bool = False, show_tab
                               layers=plan.n_layers, already=loaded.already, dtype=dtype_name(loaded.dtype),
                               device=str(dev), **extra)
     del loaded
-    out = _export(cfg, report, result, force)
-    report["output"] = str(out)
-    report["seconds_total"] = time.perf_counter() - t0
+    report["output"] = str(_export(cfg, report, result, force))
     state_path(cfg.output).unlink(missing_ok=True)
-    if show_table:
-        rep.print_table(report)
-        info(f"wrote {out} ({len(report['removed'])} blocks removed, {100 * chosen[-1].ratio:.2f}% of parameters, "
-             f"calibration ppl {result.dense_ppl:.3f} -> {chosen[-1].ppl:.3f})")
-    return report
+    return report, result
 
 
 def _load(cfg: PruneConfig, plan: Plan, dev: torch.device) -> Loaded:

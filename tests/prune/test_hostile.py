@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import compress
+from compress import api  # `compress.prune` is the subpackage once it was imported
 from compress.cli import main
 from compress.errors import CompressError
-from compress.prune import state as state_mod
 from compress.prune.export import export_pruned
 from compress.prune.state import state_path
 from tests.fixtures import WIKI_VALID, make_tiny_model
@@ -77,21 +76,41 @@ def test_resume_refuses_other_weights_and_other_result_options(tmp_path, capsys,
     assert len(rep["steps"]) == 3 and not state_path(out).exists()
 
 
+class FillsUp:
+    """A file that takes half of what is written to it, then reports a full disk."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def test_disk_full_while_saving_the_state(tmp_path, capsys, tiny_models, monkeypatch):
+    import compress.checkpoint.atomic as atomic
+
     out = tmp_path / "out"
-    real = state_mod._write
-    calls = []
+    saves = []
 
-    def fills_up(fd, data):
-        calls.append(len(data))
-        if len(calls) == 2:  # the second step's state: half written, then the disk is full
-            real(fd, data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd, data)
+    def open_(path, mode="r", *a, **k):
+        f = open(path, mode, *a, **k)
+        if ".prune-state.json" in str(path) and "w" in mode:
+            saves.append(path)
+            if len(saves) == 2:  # the second step's state: the disk fills up while it is written
+                return FillsUp(f)
+        return f
 
-    monkeypatch.setattr(state_mod, "_write", fills_up)
+    monkeypatch.setattr(atomic, "open", open_, raising=False)
     line = fails(capsys, tiny_models["llama"], "-o", out, "--blocks", 3, *CAL)
-    assert "disk is full" in line and str(state_path(out)) in line
+    assert "disk full" in line and str(state_path(out)) in line
     assert sorted(p.name for p in tmp_path.iterdir()) == [state_path(out).name]  # no temp file, no output
     kept = json.loads(state_path(out).read_text())  # the previous state, whole
     assert [s["step"] for s in kept["search"]["steps"]] == [1]
@@ -164,13 +183,16 @@ def test_empty_calibration_data(tmp_path, capsys, tiny_models):
 
 def test_python_api_validates_like_the_cli(tmp_path, tiny_models):
     with pytest.raises(CompressError, match="invalid --blocks"):
-        compress.prune(tiny_models["llama"], tmp_path / "out", blocks=0)
+        api.prune(tiny_models["llama"], tmp_path / "out", blocks=0)
     with pytest.raises(CompressError, match="invalid --ratio"):
-        compress.prune(tiny_models["llama"], tmp_path / "out", ratio=1.0)
+        api.prune(tiny_models["llama"], tmp_path / "out", ratio=1.0)
     with pytest.raises(CompressError, match="unknown option 'no_such'"):
-        compress.prune(tiny_models["llama"], tmp_path / "out", blocks=1, no_such=3)
+        api.prune(tiny_models["llama"], tmp_path / "out", blocks=1, no_such=3)
     with pytest.raises(CompressError, match="invalid --method"):
-        compress.prune(tiny_models["llama"], tmp_path / "out", blocks=1, method="magic")
+        api.prune(tiny_models["llama"], tmp_path / "out", blocks=1, method="magic")
+    with pytest.raises(CompressError, match="one must stay"):  # after the output's lock was taken
+        api.prune(tiny_models["llama"], tmp_path / "out", blocks=8, data=WIKI_VALID, seq_len=32)
+    assert list(tmp_path.iterdir()) == []  # nothing written, the lock released
 
 
 # -- an edited pruning.json (--export mask)
@@ -202,7 +224,7 @@ def test_edited_mask_is_refused_at_load_eval_and_inspect(tmp_path, capsys, mask_
     pj["removed"] = removed
     (folder / "pruning.json").write_text(json.dumps(pj))
     with pytest.raises(CompressError, match=message):
-        compress.load(folder)
+        api.load(folder)
     for args in (["inspect", str(folder)],
                  ["eval", "ppl", str(folder), "--data", str(WIKI_VALID), "--seq-len", "32", "--max-windows", "1"]):
         capsys.readouterr()
