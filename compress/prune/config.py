@@ -101,9 +101,12 @@ class PruneConfig(BaseModel):
     def _device(cls, v: str) -> str:
         from compress.model.device import parse_device
 
-        dev = parse_device(v)  # CompressError for unknown names and a missing GPU
+        try:
+            dev = parse_device(v)  # unknown names, other device types, a missing GPU
+        except CompressError as e:
+            raise CompressError(f"invalid --device: {e}") from None
         if dev.type not in ("cpu", "cuda"):
-            raise CompressError(f"--device {v}: compress prune runs on cpu or cuda")
+            raise CompressError(f"invalid --device: {v} is not supported: use cpu, cuda, cuda:N or auto")
         return v
 
     @field_validator("max_shard_size")
