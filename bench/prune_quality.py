@@ -84,18 +84,12 @@ def main() -> None:
     from compress.model import load
     from compress.progress import info, set_quiet
     from compress.prune.baselines import SLEB_BARRIERS, rank_by_score, shortgpt_scores
+    from compress.prune.evaluators import FastEvaluator, NaiveEvaluator
     from compress.prune.mask import apply_removals, decoder_layers
     from compress.prune.params import checkpoint_params
-    from compress.prune.run import select_prefix
     from compress.prune.score import BlockRunner
-    from compress.prune.search import (
-        FastEvaluator,
-        GreedySearch,
-        NaiveEvaluator,
-        StopRule,
-        block_units,
-        layer_units,
-    )
+    from compress.prune.search import GreedySearch, StopRule, select_prefix
+    from compress.prune.units import block_units, layer_units
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -80,11 +80,13 @@ def worker(args: argparse.Namespace) -> dict:
     from compress.model import load_model, load_tokenizer
     from compress.model.device import parse_device
     from compress.progress import set_quiet
+    from compress.prune.evaluators import FastEvaluator, NaiveEvaluator
     from compress.prune.offload import OffloadEvaluator, StreamedRunner, build_skeleton, stored_dtype
     from compress.prune.params import checkpoint_params
     from compress.prune.run import compute_dtype
     from compress.prune.score import BlockRunner
-    from compress.prune.search import FastEvaluator, GreedySearch, NaiveEvaluator, StopRule, block_units
+    from compress.prune.search import GreedySearch, StopRule
+    from compress.prune.units import block_units
 
     set_quiet(True)
     if args.threads:

@@ -7,7 +7,7 @@
 
   X_i the residual input of layer i and X_{i+1} its output, the cosine per token over the hidden
   dimension. One pass over the calibration windows; the layers with the lowest BI are removed in
-  one shot. Decisions (spec §7): the row-wise cosine instead of the official N×N product's
+  one shot. Decisions: the row-wise cosine instead of the official N×N product's
   diagonal; the layer *outputs* are hooked (HF's last `hidden_states` entry is after the final
   norm); a NaN BI is set to 0.5 as the official code does.
 - SLEB (Song et al., ICML 2024; official `sleb.py`): greedy whole-layer removal by calibration
@@ -28,9 +28,10 @@ from torch import nn
 from compress.arch.families import Family
 from compress.model.logits import decoder_of
 from compress.prune.mask import decoder_layers
-from compress.prune.search import Unit
+from compress.prune.registry import METHODS
+from compress.prune.units import Unit
 
-SLEB_BARRIERS = (1, 1)
+SLEB_BARRIERS = METHODS["sleb"].barriers
 
 
 def block_influence(x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:

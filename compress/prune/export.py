@@ -1,4 +1,4 @@
-"""Writing a pruned model as a checkpoint (spec prune.md §8.2): `physical` (smaller) or `zeroed`.
+"""Writing a pruned model as a checkpoint: `physical` (smaller) or `zeroed`.
 
 `physical`: the tensors of removed blocks are not written. Layers that lost both blocks are
 deleted and the remaining layers renumbered contiguously (tensor keys, `num_hidden_layers`, the
@@ -39,21 +39,21 @@ from compress.arch import (
     Family,
     block_of,
     family_for,
-    num_layers,
     split_layer_name,
 )
-from compress.arch.remote_code import MODELING_FILE, remote_modeling_source
+from compress.arch.remote_code import MODELING_FILE, MODELING_MODULE, remote_modeling_source
 from compress.checkpoint.reader import Checkpoint
 from compress.checkpoint.save import save_checkpoint
 from compress.checkpoint.writer import ShardedWriter, TensorSpec
 from compress.errors import CompressError
 from compress.progress import progress_bar
+from compress.prune.modeling import check_layers, check_removals, validate_pruned_map
 
 MODES = ("physical", "zeroed")
 # Index-based config fields of other architectures that cannot be remapped when layers are deleted.
 _UNMAPPABLE = ("mlp_only_layers", "first_k_dense_replace", "decoder_sparse_step", "moe_layer_freq")
 
-__all__ = ["MODELING_FILE", "MODES", "ExportPlan", "export_pruned", "plan_export", "remote_modeling_source", "write_modeling_code"]
+__all__ = ["MODELING_FILE", "MODES", "ExportPlan", "export_pruned", "plan_export"]
 
 
 @dataclass
@@ -70,27 +70,6 @@ class ExportPlan:
     zeroed: set[str] = field(default_factory=set)  # output names written as zeros
     config: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
-
-
-def _check_removed(removed: Iterable[tuple[int, str]], n: int, already: dict[str, list[int]]) -> list[tuple[int, str]]:
-    out: list[tuple[int, str]] = []
-    seen = set()
-    for item in removed:
-        try:
-            layer, kind = item
-        except (TypeError, ValueError):
-            raise CompressError(f"a removed block must be (layer, 'attn' | 'mlp'), got {item!r}") from None
-        if kind not in BLOCK_KINDS:
-            raise CompressError(f"unknown block kind {kind!r} for layer {layer}: use 'attn' or 'mlp'")
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
-            raise CompressError(f"cannot remove block {kind} of layer {layer}: the model has layers 0..{n - 1}")
-        if (layer, kind) in seen:
-            raise CompressError(f"block {kind} of layer {layer} is listed twice")
-        if layer in already[kind]:
-            raise CompressError(f"block {kind} of layer {layer} was already removed from this checkpoint")
-        seen.add((layer, kind))
-        out.append((layer, kind))
-    return out
 
 
 def _config_object(cfg: dict[str, Any]):
@@ -119,18 +98,6 @@ def _layer_lists(cfg: dict[str, Any], family: Family, n: int) -> dict[str, list[
     return out
 
 
-def write_modeling_code(folder: str | os.PathLike[str], family: Family) -> None:
-    """Add modeling_compress_pruned.py to a saved pruned model folder and register it in config.json."""
-    import json
-
-    cfg_file = Path(folder) / "config.json"
-    cfg = json.loads(cfg_file.read_text())
-    src, cls = remote_modeling_source(family, cfg.get("model_type", ""))
-    (Path(folder) / MODELING_FILE).write_text(src)
-    cfg.setdefault("auto_map", {})["AutoModelForCausalLM"] = f"{MODELING_FILE[:-3]}.{cls}"
-    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-
-
 def plan_export(ckpt: Checkpoint, removed: Iterable[tuple[int, str]], mode: str = "physical") -> ExportPlan:
     """Plan an export of `ckpt` without reading any tensor data; raises CompressError on bad input."""
     if mode not in MODES:
@@ -138,11 +105,9 @@ def plan_export(ckpt: Checkpoint, removed: Iterable[tuple[int, str]], mode: str 
     cfg = ckpt.config
     names = ckpt.names()
     family = family_for(cfg, names)
-    n = num_layers(cfg)
-    from compress.prune.modeling import validate_pruned_map
-
+    n = check_layers(ckpt, family)
     already = validate_pruned_map(cfg, f"{ckpt.path}/config.json")
-    new = _check_removed(removed, n, already)
+    new = check_removals(removed, n, already)
     gone = {kind: set(already[kind]) for kind in BLOCK_KINDS}
     for layer, kind in new:
         gone[kind].add(layer)
@@ -167,13 +132,11 @@ def plan_export(ckpt: Checkpoint, removed: Iterable[tuple[int, str]], mode: str 
         plan.config = out_cfg
         if already[ATTN] or already[MLP]:  # an already pruned input keeps its map and its modeling code
             src, cls = remote_modeling_source(family, cfg.get("model_type", ""))
-            out_cfg.setdefault("auto_map", {})["AutoModelForCausalLM"] = f"{MODELING_FILE[:-3]}.{cls}"
+            out_cfg.setdefault("auto_map", {})["AutoModelForCausalLM"] = f"{MODELING_MODULE}.{cls}"
             plan.files = {MODELING_FILE: src}
         return plan
 
-    kept = [i for i in range(n) if not (i in gone[ATTN] and i in gone[MLP])]
-    if not kept:
-        raise CompressError("this would remove every layer of the model: keep at least one block")
+    kept = [i for i in range(n) if not (i in gone[ATTN] and i in gone[MLP])]  # not empty: check_removals
     new_index = {old: i for i, old in enumerate(kept)}
     pruned_out = {kind: sorted(new_index[i] for i in gone[kind] if i in new_index) for kind in BLOCK_KINDS}
     plan = ExportPlan(mode, family, n, kept, {k: sorted(v) for k, v in gone.items()}, pruned_out)
@@ -204,7 +167,7 @@ def plan_export(ckpt: Checkpoint, removed: Iterable[tuple[int, str]], mode: str 
     if pruned_out[ATTN] or pruned_out[MLP]:
         src, cls = remote_modeling_source(family, cfg.get("model_type", ""))
         out_cfg[PRUNED_KEY] = pruned_out
-        auto_map["AutoModelForCausalLM"] = f"{MODELING_FILE[:-3]}.{cls}"
+        auto_map["AutoModelForCausalLM"] = f"{MODELING_MODULE}.{cls}"
         plan.files = {MODELING_FILE: src}
     if auto_map:
         out_cfg["auto_map"] = auto_map

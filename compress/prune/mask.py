@@ -36,8 +36,8 @@ def dummy_layer_class() -> type:
 class RemovedAttention(nn.Module):
     """Stands in for a removed attention module: contributes nothing, caches nothing.
 
-    Its KV-cache slot becomes a transformers `DummyLayer` the first time a cache passes by (spec
-    §8.3: transformers reads the past length from cache layer 0 and sizes masks from the first
+    Its KV-cache slot becomes a transformers `DummyLayer` the first time a cache passes by
+    (transformers reads the past length from cache layer 0 and sizes masks from the first
     full-attention slot; an empty slot of a removed attention would restart positions at every
     decoding step). So an in-memory masked model generates with a cache exactly as without one.
     """

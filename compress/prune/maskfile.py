@@ -1,4 +1,4 @@
-"""`compress prune --export mask` (spec prune.md §8.2, mode 1): the pruning, not the weights.
+"""`compress prune --export mask`: the pruning, not the weights.
 
 The output folder holds `pruning.json` - the method, block type, criterion, calibration spec
 (source, seed, windows, sequence length, tokens), the ordered removals of the search with the
@@ -8,7 +8,9 @@ over its weight files and config.json, and their sizes and mtimes (while those m
 re-hashing the base; otherwise the hash decides) - plus the base's tokenizer files,
 the search report and `compress.json`. No weights: `compress.load(out)` (and so `compress eval`,
 `compress inspect`) loads the base model and re-applies the first K removals in memory
-(`compress.prune.mask`), after checking that the base is still where it was and unchanged.
+(`compress.prune.mask`), after checking that the base is still where it was and unchanged and that
+the removals fit it (an edited pruning.json naming a layer the base lacks, an unknown block kind, or
+every block, is refused with one line).
 """
 
 from __future__ import annotations
@@ -107,7 +109,21 @@ def read_mask(path: str | os.PathLike[str], verify: bool = True) -> dict[str, An
         if not unchanged and weights_hash(base) != data["base"]["weights_sha256"]:
             raise CompressError(f"the base model at {base} changed since {path} was written (its weights hash "
                                 "differs): the mask applies only to the model it was searched on")
+        _check_removed(data, base, p)
     return data
+
+
+def _check_removed(data: dict[str, Any], base: Path, p: Path) -> None:
+    """The removals of an (possibly edited) pruning.json fit the base: layers that exist, known block
+    kinds, none twice or already missing from the base, and at least one block left."""
+    from compress.arch import num_layers
+    from compress.checkpoint.reader import Checkpoint
+    from compress.prune.modeling import check_removals, validate_pruned_map
+
+    cfg = Checkpoint(base).config
+    where = f"{p} (removed)"
+    data["removed"] = [list(b) for b in check_removals(data["removed"], num_layers(cfg),
+                                                       validate_pruned_map(cfg, f"{base}/config.json"), where)]
 
 
 def inspect_mask(path: str | os.PathLike[str], base_inspect) -> dict[str, Any]:

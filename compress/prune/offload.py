@@ -19,9 +19,8 @@ block, then is advanced through every later block (minus S ∪ c) while that blo
 loaded. Each layer is therefore read once per step, whatever the number of candidates; the final
 norm + LM head then give every candidate's loss. Each candidate runs exactly the block operations
 of the `fast` search on the same batches, so the scores are those of `fast`/`naive` and the greedy
-choice (argmin of (key, candidate index)) is identical. Early abandoning (spec §6.3) does not apply:
-every candidate is carried to the end of the pass together with the others, so every score is
-complete. Candidate streams are kept on `stream_device` (the compute device when they fit there,
+choice (argmin of (key, candidate index)) is identical. Early abandoning does not apply: every
+candidate is carried to the end of the pass together with the others, so every score is complete. Candidate streams are kept on `stream_device` (the compute device when they fit there,
 else the host); memory is (candidates + 1) x calibration tokens x hidden size.
 """
 
@@ -38,7 +37,9 @@ from compress.arch import PRUNED_KEY, Family
 from compress.checkpoint.reader import Checkpoint
 from compress.errors import CompressError
 from compress.progress import progress_bar
-from compress.prune.score import BlockRunner, block_at, block_name, check_finite
+from compress.prune.evaluators import Bound, Scores, check_finite_output
+from compress.prune.score import BlockRunner, check_finite
+from compress.prune.units import Unit
 
 __all__ = ["OffloadEvaluator", "StreamedRunner", "WeightStreamer", "build_skeleton", "stored_dtype"]
 
@@ -237,9 +238,6 @@ class StreamedRunner(BlockRunner):
 class OffloadEvaluator:
     """Layer-major exact scoring with at most one layer's weights on the device (module docstring)."""
 
-    exact_bound = False
-    layer_major = True
-
     def __init__(self, runner: StreamedRunner, windows: torch.Tensor, batch_size: int,
                  removed: set[int] | None = None, stream_device: torch.device | None = None):
         self.runner = runner
@@ -254,15 +252,8 @@ class OffloadEvaluator:
     def _block(self, h: torch.Tensor, pos: int) -> torch.Tensor:
         return self.runner.block(h.to(self.runner.device), pos).to(self.stream_device)
 
-    def _check(self, hs: Sequence[torch.Tensor], pos: int) -> None:
-        if not all(bool(torch.isfinite(h).all()) for h in hs):
-            raise CompressError(
-                f"the calibration loss is not finite: the output of block {block_name(block_at(pos))} has "
-                "NaN/inf values (the model overflows in this dtype - try --dtype fp32 - or its weights are broken)"
-            )
-
     @torch.no_grad()
-    def run_pass(self, units: Sequence, desc: str, influence: list[float] | None = None) -> tuple[dict[str, float], float]:
+    def run_pass(self, units: Sequence[Unit], desc: str, influence: list[float] | None = None) -> tuple[dict[str, float], float]:
         """One pass over the layers: (loss of every unit's S ∪ unit, loss of S).
 
         With `influence` (a list of n_layers zeros), also accumulates ShortGPT's block influence of
@@ -297,7 +288,8 @@ class OffloadEvaluator:
                                         st[b] = self._block(st[b], p)
                             if p not in self.removed:
                                 committed = [self._block(h, p) for h in committed]
-                                self._check(committed, p)
+                                for h in committed:
+                                    check_finite_output(h, p)
                 else:
                     for p in pos:
                         for u in by_first.get(p, ()):
@@ -329,11 +321,12 @@ class OffloadEvaluator:
                     influence[i] = 0.5
         return losses, base
 
-    def score_all(self, units: Sequence, desc: str = "scoring, layer by layer") -> dict[str, float]:
-        return self.run_pass(units, desc)[0]
-
-    def score(self, unit, bound=None) -> tuple[float, bool]:
-        return self.score_all([unit], f"scoring {unit.name}")[unit.name], True
+    def scores(self, units: Sequence[Unit], bound: Bound | None, desc: str) -> Scores:
+        """Every unit's complete loss from one layer-major pass (`bound` is not needed: nothing is
+        abandoned, the argmin is the same)."""
+        losses = self.run_pass(units, f"{desc}, layer by layer")[0]
+        for u in units:
+            yield u, losses[u.name], True
 
     def current_loss(self) -> float:
         loss = self.run_pass([], "loss of the current model")[1]
@@ -346,7 +339,7 @@ class OffloadEvaluator:
         self.run_pass([], "block influence, layer by layer", influence=bi)
         return bi
 
-    def commit(self, units: Sequence) -> None:
+    def commit(self, units: Sequence[Unit]) -> None:
         for u in units:
             self.removed |= u.positions
 

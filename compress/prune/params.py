@@ -1,4 +1,4 @@
-"""Parameter accounting as BlockPruner counts it (official `eval.py`; spec prune.md §2):
+"""Parameter accounting as BlockPruner counts it (official `eval.py`):
 
     ratio = 1 − P_pruned / P_dense = (Σ_{b ∈ S} P_b) / P_dense
 

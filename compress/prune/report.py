@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from compress.prune.score import block_at, block_name
+
 REPORT_JSON = "prune_report.json"
 REPORT_PNG = "prune_report.png"
 
@@ -79,3 +81,45 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def build_report(cfg, result, chosen: list, *, source: str, windows, params_total: int, layers: int,
+                 already: set[int], dtype: str, device: str, bi: list[float] | None = None,
+                 offload: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report of a run (`cfg` a PruneConfig, `result` the SearchResult, `chosen` its first K steps)."""
+    last = chosen[-1]
+    out: dict[str, Any] = {
+        "model": cfg.model,
+        "method": cfg.method,
+        "block_type": cfg.block_type,
+        "criterion": cfg.criterion,
+        "search": cfg.search,
+        "export": cfg.export,
+        "dtype": dtype,
+        "device": device,
+        "layers": layers,
+        "calibration": {"source": source, "windows": int(windows.shape[0]), "seq_len": int(windows.shape[1]),
+                        "tokens": result.tokens, "seed": cfg.seed, "dense_ppl": result.dense_ppl},
+        "params": {"dense": params_total, "removed": last.params_removed, "left": last.params_left},
+        "removed": [[int(layer), kind] for s in chosen for layer, kind in s.blocks],
+        "sequence": [s.unit for s in chosen],
+        "ratio": last.ratio,
+        "ppl": last.ppl,
+        "stopped": result.stopped,
+        "search_seconds": result.seconds,
+        "already_removed": [[int(layer), kind] for layer, kind in sorted(block_at(p) for p in already)],
+        "steps": [s.as_dict() for s in chosen],
+    }
+    if cfg.search == "lazy":
+        out["lazy"] = {"m": cfg.lazy_m, "every": cfg.lazy_every,
+                       "could_differ": [{"step": s.step, "candidates": s.lazy["could_differ"]}
+                                        for s in chosen if s.lazy and s.lazy.get("could_differ")]}
+    if bi is not None:
+        out["block_influence"] = {f"layer {i}": v for i, v in enumerate(bi)}
+    if offload is not None:
+        out["offload"] = offload
+    if len(result.steps) > len(chosen):
+        out["further_steps"] = [{"step": s.step, "unit": s.unit, "ratio": s.ratio, "ppl": s.ppl}
+                                for s in result.steps[len(chosen):]]
+    out["names"] = [block_name((b[0], b[1])) for b in out["removed"]]
+    return out

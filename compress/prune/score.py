@@ -6,7 +6,8 @@ A candidate set of removed blocks S is scored by
 
 over R calibration windows of equal length (n_r = n), so PPL(S) = exp(L(S) / (R·n)) with the loss
 sum L(S) = Σ_r Σ_t NLL_{r,t}: ranking by PPL is ranking by L, and partial sums of L over windows
-never decrease (every NLL ≥ 0), which is what makes early abandoning exact (spec §6.1, §6.3).
+never decrease (every NLL ≥ 0), which is what makes early abandoning exact: a candidate whose partial
+sum already exceeds the best complete one cannot win.
 
 This module runs a decoder one *block* at a time on the residual stream:
 
@@ -48,12 +49,6 @@ def block_at(pos: int) -> Block:
 
 def block_name(block: Block) -> str:
     return f"{block[1]} {block[0]}"
-
-
-def loss_to_ppl(loss: float, tokens: int) -> float:
-    """PPL = exp(L / tokens); inf when it overflows."""
-    x = loss / tokens
-    return math.exp(x) if x < 700 else math.inf
 
 
 def batch_loss(model: nn.Module, normed_hidden: torch.Tensor, input_ids: torch.Tensor) -> float:

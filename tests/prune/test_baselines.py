@@ -10,7 +10,7 @@ from compress.arch import summarize
 from compress.checkpoint.reader import Checkpoint
 from compress.model import load
 from compress.prune.baselines import SLEB_BARRIERS, block_influence, rank_by_score, shortgpt_scores
-from compress.prune.search import layer_units
+from compress.prune.units import layer_units
 
 
 def test_block_influence_is_one_minus_rowwise_cosine():

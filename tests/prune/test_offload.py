@@ -18,12 +18,14 @@ from compress.arch import family_for
 from compress.checkpoint.reader import Checkpoint
 from compress.model import load
 from compress.prune.baselines import SLEB_BARRIERS, shortgpt_scores
+from compress.prune.evaluators import NaiveEvaluator
 from compress.prune.mask import decoder_layers
 from compress.prune.offload import OffloadEvaluator, StreamedRunner, build_skeleton
 from compress.prune.params import checkpoint_params
 from compress.prune.score import BlockRunner, position
-from compress.prune.search import GreedySearch, NaiveEvaluator, StopRule, block_units, layer_units
+from compress.prune.search import GreedySearch, StopRule
 from compress.prune.state import state_path
+from compress.prune.units import block_units, layer_units
 from tests.fixtures import FAMILIES
 from tests.prune.test_prune_cli import CAL, calib_ppl, cli, interrupt_after_saves, prune_json
 

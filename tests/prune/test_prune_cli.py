@@ -137,9 +137,14 @@ def test_resume_continues_identically(tmp_path, capsys, tiny_models, monkeypatch
 @pytest.mark.parametrize("args,message", [
     (["--blocks", "9"], "only 8 blocks"),
     (["--blocks", "5", "--block-type", "mlp"], "only 4 mlp blocks"),
-    (["--ratio", "0"], "between 0 and 1"),
-    (["--ratio", "1"], "between 0 and 1"),
-    (["--ratio", "0.99"], "removes only"),
+    (["--ratio", "0"], "0<x<1"),
+    (["--ratio", "1"], "0<x<1"),
+    (["--ratio", "1.5"], "0<x<1"),
+    (["--ratio", "0.99"], "can surely remove only"),
+    (["--blocks", "0"], "x>=1"),
+    (["--blocks", "-3"], "x>=1"),
+    (["--blocks", "8"], "one must stay"),
+    (["--blocks", "10000000000000000000000"], "at most --blocks 7"),
     ([], "--blocks N, --ratio R or --max-ppl X"),
     (["--blocks", "1", "--max-ppl", "1.0"], "exceeds --max-ppl"),
 ])
@@ -153,7 +158,7 @@ def test_bad_options(tmp_path, capsys, tiny_models, args, message):
 def test_bad_data_and_existing_output(tmp_path, capsys, tiny_models):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    code, _, err = cli(capsys, tiny_models["llama"], "-o", tmp_path / "o", "--blocks", 1, "--data", empty)
+    code, _, err = cli(capsys, tiny_models["llama"], "-o", tmp_path / "o", "--blocks", 1, "--data", empty, "--seq-len", 32)
     assert code == 1 and "no text" in err
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep")

@@ -14,17 +14,12 @@ from compress.arch import summarize
 from compress.checkpoint.reader import Checkpoint
 from compress.errors import CompressError
 from compress.model import load
+from compress.prune.evaluators import FastEvaluator, NaiveEvaluator
 from compress.prune.mask import apply_removals, decoder_layers
 from compress.prune.params import checkpoint_params
 from compress.prune.score import BlockRunner
-from compress.prune.search import (
-    FastEvaluator,
-    GreedySearch,
-    NaiveEvaluator,
-    StopRule,
-    block_units,
-    layer_units,
-)
+from compress.prune.search import GreedySearch, StopRule
+from compress.prune.units import block_units, layer_units
 from tests.fixtures import FAMILIES, make_tiny_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
