@@ -14,6 +14,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import os as _os
+import sys as _sys
+import types as _types
 
 # Code must never need a download at run time: every hub client stays offline.
 for _k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -31,15 +33,23 @@ _API = ("convert", "distill", "evaluate", "inspect", "load", "merge", "perplexit
 __all__ = ["CompressError", "__version__", *_API]
 
 
-def __getattr__(name: str):
-    # The API (and torch under it) is imported on first use, not by `import compress`: the command
-    # line imports it inside its own error handling, so a Ctrl-C during `import torch` is handled too.
-    if name in _API:
-        from compress import api
+class _Package(_types.ModuleType):
+    """`compress.prune`, `compress.merge`, `compress.distill` ... are the API functions, always.
 
-        return getattr(api, name)
-    raise AttributeError(f"module 'compress' has no attribute {name!r}")
+    The API (and torch under it) is imported on first use, not by `import compress`: the command line
+    imports it inside its own error handling, so a Ctrl-C during `import torch` is handled too. The
+    subpackages of the same names (compress/prune/ ...) stay importable (`from compress.prune import
+    run`); only the attribute of the package is the function, whatever the import system set it to."""
+
+    def __getattribute__(self, name: str):
+        if name in _API:
+            from compress import api
+
+            return getattr(api, name)
+        return super().__getattribute__(name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(_API))
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+_sys.modules[__name__].__class__ = _Package
