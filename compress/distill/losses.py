@@ -24,6 +24,7 @@ ADV_FLOOR = 1e-7  # ADPA advantage: probabilities floored at 1e-7 (merge_logits_
 KD_DIRECTIONS = ("forward", "reverse", "jsd")
 MISSING_MASS = ("rest", "zero", "topk_soft_ce")
 ADVANTAGE_CLIPS = ("none", "unit")
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 
 
 def _clamp_log(lp: torch.Tensor) -> torch.Tensor:
@@ -127,7 +128,13 @@ def topk_kd_tokens(logits: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tens
     missing_mass 'rest': divergence over the k+1 buckets (ADPA/DCKD code); 'zero': teacher renormalised
     over K_t, student's log-probs at K_t from its full softmax, no rest bucket (DistillKit `zero`);
     'topk_soft_ce': soft cross-entropy −Σ_{i∈K} p̃_i log q_i with p̃ the teacher renormalised over K_t
-    (FuseLLM). `temperature` T_d divides the student logits and re-targets the teacher (captured at T=1).
+    (FuseLLM).
+
+    `temperature` T divides the student logits and re-targets the teacher (captured at T = 1) to
+    softmax(z_T / T) (exact when k = V), and the divergence is multiplied by T² (Hinton et al. 2015,
+    "Distilling the knowledge in a neural network" §2: the soft targets' gradients scale as 1/T², so
+    the T² keeps their size as T changes; DistillKit v0 does the same). TRL's `generalized_jsd_loss`
+    has no T² factor (GKD calls it at T = 1): at T ≠ 1 this loss is T² times TRL's.
     """
     if missing_mass not in MISSING_MASS:
         raise ValueError(f"unknown missing_mass {missing_mass!r}: choose one of {', '.join(MISSING_MASS)}")
@@ -138,12 +145,14 @@ def topk_kd_tokens(logits: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tens
     if missing_mass == "rest":
         lp_all = torch.cat([logprobs, rest.unsqueeze(-1)], -1)
         lq_all = torch.cat([lq, lq_rest.unsqueeze(-1)], -1)
-        return bucket_divergence(lp_all, lq_all, direction, beta)
-    lp_k = logprobs - torch.logsumexp(logprobs, -1, keepdim=True)
-    if missing_mass == "zero":
-        return bucket_divergence(lp_k, lq, direction, beta)
-    p = lp_k.exp()
-    return -(p * _clamp_log(lq)).sum(-1)
+        out = bucket_divergence(lp_all, lq_all, direction, beta)
+    else:
+        lp_k = logprobs - torch.logsumexp(logprobs, -1, keepdim=True)
+        if missing_mass == "zero":
+            out = bucket_divergence(lp_k, lq, direction, beta)
+        else:
+            out = -(lp_k.exp() * _clamp_log(lq)).sum(-1)
+    return out * (temperature * temperature) if temperature != 1.0 else out
 
 
 def dense_kd_tokens(logits: torch.Tensor, teacher_logits: torch.Tensor, direction: str = "forward",
@@ -195,33 +204,47 @@ def adpa_loss(ce_chosen: torch.Tensor, exp_adv: torch.Tensor, w_sft: float = 1.0
     return w_sft * ce_chosen - w_adpa * exp_adv.mean()
 
 
-DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
-
-
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float = 0.1, label_smoothing: float = 0.0,
-             loss_type: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DPO (Rafailov et al. 2023) per pair [B], with TRL's names: h = β·[(π_w − ref_w) − (π_l − ref_l)],
-    sigmoid: −(1−ε)·log σ(h) − ε·log σ(−h) (conservative DPO); hinge: relu(1 − h); ipo: (h/β − 1/(2β))².
-    Inputs are summed response log-probs [B]. Returns (losses, chosen_rewards, rejected_rewards).
+             ref_rejected: torch.Tensor, beta: float = 0.01, label_smoothing: float = 0.0,
+             loss_type: str = "sigmoid", len_chosen: torch.Tensor | None = None,
+             len_rejected: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023) per pair [B], with TRL's names. Inputs are summed response log-probs [B];
+    ℓ(y) = log π_θ(y|x) − log π_ref(y|x) and h = ℓ(y_w) − ℓ(y_l):
+
+    - sigmoid: −(1−ε)·log σ(β·h) − ε·log σ(−β·h) (ε = label smoothing: conservative DPO);
+    - hinge: relu(1 − β·h) (SLiC);
+    - ipo: (h̄ − 1/(2β))² with the length-normalised h̄ = ℓ(y_w)/|y_w| − ℓ(y_l)/|y_l| (IPO, Azar et al. 2023,
+      as TRL's DPOTrainer computes it: summed log-ratios make the squared loss grow with the response
+      length; TRL normalises by the completion lengths, which the ADPA trainer does too). Needs the
+      response lengths `len_chosen`, `len_rejected` [B].
+
+    Returns (losses, chosen_rewards β·ℓ(y_w), rejected_rewards β·ℓ(y_l)).
     """
-    logits = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    lr_w, lr_l = policy_chosen - ref_chosen, policy_rejected - ref_rejected
+    logits = lr_w - lr_l
     if loss_type == "sigmoid":
         losses = -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * logits)
     elif loss_type == "ipo":
-        losses = (logits - 1 / (2 * beta)) ** 2
+        if len_chosen is None or len_rejected is None:
+            raise ValueError("the ipo loss needs the response lengths (len_chosen, len_rejected)")
+        norm = lr_w / len_chosen.clamp_min(1) - lr_l / len_rejected.clamp_min(1)
+        losses = (norm - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f"unknown DPO loss_type {loss_type!r}: choose one of {', '.join(DPO_LOSS_TYPES)}")
-    return losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach()
+    return losses, beta * lr_w.detach(), beta * lr_l.detach()
 
 
 def ln_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
                 ref_rejected: torch.Tensor, len_chosen: torch.Tensor, len_rejected: torch.Tensor,
                 beta: float = 10.0, label_smoothing: float = 0.0
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Length-normalised DPO (FuseChat-3.0; WRPO `get_batch_logps(average_log_prob=True)`):
-    L = −log σ( (β/|y_w|)·ℓ(y_w) − (β/|y_l|)·ℓ(y_l) ), ℓ(y) = log π_θ(y|x) − log π_ref(y|x) summed."""
+    """Length-normalised DPO (FuseChat-3.0's preference stage for Llama targets):
+    L = −log σ( (β/|y_w|)·ℓ(y_w) − (β/|y_l|)·ℓ(y_l) ), ℓ(y) = log π_θ(y|x) − log π_ref(y|x) summed over the
+    response, |y| its length in tokens; the reference model is kept (unlike SimPO).
+
+    WRPO's official trainer does *not* average: its `concatenated_forward` calls `get_batch_logps(...,
+    average_log_prob=False)`, i.e. summed log-probs with β = 0.01, which is `dpo_loss`'s form."""
     return dpo_loss(policy_chosen / len_chosen, policy_rejected / len_rejected, ref_chosen / len_chosen,
                     ref_rejected / len_rejected, beta=beta, label_smoothing=label_smoothing)

@@ -152,7 +152,8 @@ def batch_loss(cfg: DistillConfig, forward, examples: list[PreferenceExample], p
         ref = {s: ref_logps[s][idx].to(dev) for s in ("chosen", "rejected")}
         if m == "dpo":
             losses, rw, rl = L.dpo_loss(pol["chosen"], pol["rejected"], ref["chosen"], ref["rejected"],
-                                        cfg.dpo_beta, cfg.label_smoothing, cfg.dpo_loss_type)
+                                        cfg.dpo_beta, cfg.label_smoothing, cfg.dpo_loss_type,
+                                        batches["chosen"].lengths.to(dev), batches["rejected"].lengths.to(dev))
         else:
             lw, ll = batches["chosen"].lengths.to(dev), batches["rejected"].lengths.to(dev)
             losses, rw, rl = L.ln_dpo_loss(pol["chosen"], pol["rejected"], ref["chosen"], ref["rejected"],
