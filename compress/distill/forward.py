@@ -5,7 +5,18 @@ from __future__ import annotations
 import torch
 
 from compress.data.preference import SlotBatch
+from compress.errors import CompressError
 from compress.model.logits import decoder_of, head_logits
+
+
+def distill_device(device: str) -> torch.device:
+    """The device of a distill command: cpu or cuda (a GPU asked for and absent is an error, never a CPU run)."""
+    from compress.model.device import parse_device
+
+    dev = parse_device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise CompressError(f"--device {device}: compress distill runs on cpu or cuda")
+    return dev
 
 
 def response_hidden(model: torch.nn.Module, batch: SlotBatch) -> torch.Tensor:

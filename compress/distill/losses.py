@@ -1,10 +1,10 @@
 """Distillation and preference losses: small pure functions over tensors.
 
-Conventions (spec distill.md):
+Conventions:
 - Student logits are given only at response positions, flattened to rows: `logits` [N, V] fp32 where
   row n predicts response token `targets[n]`. Nothing here ever sees prompt positions.
-- A teacher distribution at a position is k+1 buckets (spec §1.3): its top-k ids `ids` [N, k], their
-  log-probabilities `logprobs` [N, k] and the log of the remaining mass `rest` [N].
+- A teacher distribution at a position is k+1 buckets, as in the ADPA/DCKD code: its top-k ids `ids`
+  [N, k], their log-probabilities `logprobs` [N, k] and the log of the remaining mass `rest` [N].
 - Per-token functions return [N]; callers take the token mean (DCKD/ADPA reduction: a token mean over
   the micro-batch, not a per-sequence mean).
 """
@@ -16,15 +16,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-PROB_EPS = 1e-8  # probabilities are clamped to [eps, 1 - eps] before logs (spec §1.3, ADPA code)
+from compress.distill.registry import ADVANTAGE_CLIPS, DPO_LOSS_TYPES, KD_DIRECTIONS, MISSING_MASS
+
+PROB_EPS = 1e-8  # probabilities are clamped to [eps, 1 - eps] before logs, as the ADPA code does
 LOG_EPS = math.log(PROB_EPS)
 LOG_ONE_MINUS_EPS = math.log1p(-PROB_EPS)
 ADV_FLOOR = 1e-7  # ADPA advantage: probabilities floored at 1e-7 (merge_logits_adpa_dataset.py)
 
-KD_DIRECTIONS = ("forward", "reverse", "jsd")
-MISSING_MASS = ("rest", "zero", "topk_soft_ce")
-ADVANTAGE_CLIPS = ("none", "unit")
-DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
+__all__ = ["ADVANTAGE_CLIPS", "DPO_LOSS_TYPES", "KD_DIRECTIONS", "MISSING_MASS"]  # re-exported choices
 
 
 def _clamp_log(lp: torch.Tensor) -> torch.Tensor:
@@ -37,7 +36,7 @@ def sft_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def topk_from_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Teacher signal of spec §1.2: top-k ids, their log-probabilities and log of the remaining mass.
+    """Teacher signal: top-k ids, their log-probabilities and the log of the remaining mass.
 
     log p_rest = logsumexp(z over the complement of K) − logsumexp(z), never log(1 − Σ p_i).
     Returns (ids int64 [N, k], logprobs fp32 [N, k], rest fp32 [N]; −inf when k = V).
@@ -55,8 +54,8 @@ def fold_out_of_vocab(ids: torch.Tensor, logprobs: torch.Tensor, rest: torch.Ten
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher ids at or above the student's row count (padded embedding rows) join the rest bucket.
 
-    Returns (ids with those slots set to 0, logprobs with those slots −inf, rest, valid mask) — spec §1.4
-    (ADPA `out_vocab_mask`).
+    Returns (ids with those slots set to 0, logprobs with those slots −inf, rest, valid mask), as the ADPA
+    code's `out_vocab_mask` does (Qwen2.5's embeddings have 152,064 rows for 151,665 real tokens).
     """
     valid = ids < vocab
     if bool(valid.all()):
@@ -70,7 +69,8 @@ def student_buckets(logits: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Student log-probabilities on the teacher's k+1 buckets: (log q_i at ids [N, k], log q_rest [N]).
 
-    log q_rest = logsumexp(z restricted to the complement of K_t) − logsumexp(z) (spec §1.3).
+    log q_rest = logsumexp(z restricted to the complement of K_t) − logsumexp(z), never log(1 − Σ q_i),
+    which cancels badly when the top-k hold almost all the mass.
     Slots where `valid` is False are excluded from K_t (their log q is −inf).
     """
     z = logits.float()
@@ -112,7 +112,7 @@ def bucket_divergence(lp: torch.Tensor, lq: torch.Tensor, direction: str = "forw
 def retarget_temperature(logprobs: torch.Tensor, rest: torch.Tensor, alpha: float
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-target cached log-probs captured at T_c to T_d: p^α / Σ p^α with α = T_c / T_d (DistillKit
-    `get_target_logprobs`). The rest bucket is treated as one lump, so this is approximate (spec §1.3)."""
+    `get_target_logprobs`). The rest bucket is treated as one lump, so this is approximate."""
     if alpha == 1.0:
         return logprobs, rest
     allp = torch.cat([logprobs, rest.unsqueeze(-1)], -1) * alpha
@@ -123,7 +123,7 @@ def retarget_temperature(logprobs: torch.Tensor, rest: torch.Tensor, alpha: floa
 def topk_kd_tokens(logits: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor, rest: torch.Tensor,
                    direction: str = "forward", beta: float = 0.5, missing_mass: str = "rest",
                    temperature: float = 1.0) -> torch.Tensor:
-    """Token-level KD from a top-k teacher to the student, per response token [N] (spec §1.3, §2).
+    """Token-level KD from a top-k teacher to the student, per response token [N].
 
     missing_mass 'rest': divergence over the k+1 buckets (ADPA/DCKD code); 'zero': teacher renormalised
     over K_t, student's log-probs at K_t from its full softmax, no rest bucket (DistillKit `zero`);
@@ -180,7 +180,8 @@ def advantage(dpo_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, clip: str 
     (ADPA, ICLR 2025; β folded into w_adpa). Probabilities are floored at 1e-7 as in the official code.
 
     clip 'none' (default, the paper's signed advantage) or 'unit': clamp A to [1e-8, 1 − 1e-8], which
-    reproduces the released code's target clamp (negative advantages become ~0; spec §3.3 bug 1).
+    reproduces the released code, which reuses its probability clamp on the advantages (negative
+    advantages become ~0, those above 1 become ~1).
     """
     floor = math.log(ADV_FLOOR)
     a = dpo_logprobs.float().clamp_min(floor) - ref_logprobs.float().clamp_min(floor)
@@ -192,7 +193,7 @@ def advantage(dpo_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, clip: str 
 
 
 def expected_advantage_tokens(logits: torch.Tensor, ids: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-    """Σ_{a∈K_t} π_θ(a|s_t)·A(s_t, a) per response token [N] (the rest bucket has advantage 0; spec §3.3 bug 3)."""
+    """Σ_{a∈K_t} π_θ(a|s_t)·A(s_t, a) per response token [N] (the rest bucket has advantage 0: no margin is stored for it, as in the ADPA code)."""
     lq = logits.float().log_softmax(-1).gather(-1, ids)
     return (lq.exp() * adv).sum(-1)
 

@@ -278,3 +278,35 @@ class CachedTeacher:
         if not torch.equal(cat["labels"], batch.targets.cpu()):
             raise CompressError(f"{self.folder}: cached labels do not match the batch's {slot} tokens")
         return Signals(cat["ids"], cat["logprobs"], cat["rest_logprob"], cat.get("ref_logprobs"))
+
+
+def run_cache_teacher(teacher: str, run, force: bool = False) -> dict[str, Any]:
+    """`compress distill cache-teacher`: score the responses of `run.slots` with `teacher` (a CacheTeacherRun)."""
+    from compress import progress
+    from compress.checkpoint.atomic import check_output
+    from compress.data.preference import SLOTS, read_preference
+    from compress.distill.forward import distill_device
+    from compress.model import load_model, load_tokenizer
+
+    want = tuple(s.strip() for s in run.slots.split(",") if s.strip())
+    bad = [s for s in want if s not in SLOTS]
+    if bad or not want:
+        raise CompressError(f"unknown slot {bad[0] if bad else run.slots!r}: choose from {', '.join(SLOTS)}")
+    out = run.output or str(default_cache_dir(run.data, teacher, run.k))
+    inputs = (teacher, run.data, *([run.ref_teacher] if run.ref_teacher else []))
+    check_output(out, inputs, force)
+    device = distill_device(run.device)
+    tok = load_tokenizer(teacher)
+    ds = read_preference(run.data, tok, run.max_length, run.max_prompt_length, run.long_prompt, run.limit)
+    if ds.skipped_long:
+        progress.warn(f"skipped {ds.skipped_long} pairs with prompts longer than {ds.options['max_prompt_length']} tokens")
+    ref = None
+    if run.ref_teacher:
+        check_same_vocab(tok, load_tokenizer(run.ref_teacher), "reference teacher")
+        ref = load_model(run.ref_teacher, device, run.dtype)
+    model = load_model(teacher, device, run.dtype)
+    with progress.progress_bar("teacher cache", len(ds.examples) * len(want)) as adv:
+        path = write_cache(out, model, tok, ds, want, run.k, str(teacher), ref, run.ref_teacher, run.batch_size, force,
+                           inputs=inputs, advance=adv)
+    return {"cache": str(path), "pairs": len(ds.examples), "slots": list(want), "k": run.k,
+            "skipped_long_prompts": ds.skipped_long}

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from compress.cli import main
 from compress.data.preference import read_preference
+from compress.distill.config import DistillConfig
+from compress.distill.methods import batch_loss
 from compress.distill.teacher import CachedTeacher, OnlineTeacher, check_same_vocab, write_cache
-from compress.distill.train import DistillConfig, batch_loss
 from compress.errors import CompressError
 from compress.model import load, load_model
 from tests.distill.conftest import make_pairs
