@@ -4,6 +4,8 @@ can be given as `--config run.yaml` (options on the command line win)."""
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from compress.cli.config import config_options, load_config
@@ -43,6 +45,8 @@ def train_cmd(student, resume, force, as_json, **values):
     res = train(student, run.data, run.output, run.settings(), teacher=run.teacher, ref_teacher=run.ref_teacher,
                 teacher_cache=run.teacher_cache, ref_model=run.ref_model, checkpoint_dir=run.checkpoint_dir,
                 resume=resume, force=force, device=run.device)
+    if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch`, the first process reports
+        return
     if as_json:
         emit_json(res)
     else:

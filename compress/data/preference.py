@@ -7,7 +7,8 @@ Each line is one JSON object with:
   Anthropic HH-RLHF strings (`\\n\\nHuman: ... \\n\\nAssistant: ...`), split at the last
   "\\n\\nAssistant:" into prompt and response;
 - optionally `student_response` (written by `compress distill generate`): the student's own greedy
-  response, tokenised only from this column (spec §3.3 item 6).
+  response, tokenised only from this column (the released ADPA code put the generation in `rejected`'s
+  labels but kept `rejected`'s text, so the two disagreed).
 
 Everything is rendered with the tokenizer's chat template (strings become one user turn and one
 assistant turn); a tokenizer without a template gets plain concatenation plus EOS. Loss is taken on

@@ -1,7 +1,8 @@
 """The training loop: epochs of micro-batches, gradient accumulation, NaN stop, side work per step.
 
-Each optimizer step's record in the history holds its loss, learning rate, the method's figures,
-the tokens the student processed, and its wall and CPU seconds (this process).
+Each optimizer step's record in the history holds its loss (averaged over the processes), learning
+rate, the method's figures (this process), the tokens the student processed (all processes), and its
+wall and CPU seconds (this process).
 """
 
 from __future__ import annotations
@@ -77,14 +78,23 @@ class Loop:
                 continue
             self.scheduler.step()
             self.step += 1
-            rec = {"step": self.step, "loss": sum(losses) / len(losses), "lr": self.scheduler.get_last_lr()[0],
-                   **metrics, "tokens": tokens, "time_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+            loss, all_tokens = self._across_processes(sum(losses) / len(losses), tokens)
+            rec = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], **metrics,
+                   "tokens": all_tokens, "time_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
             self._after_step(rec, epoch, done)
             losses, tokens = [], 0
             if self.step >= self.total:
                 return True
             t0, c0 = time.perf_counter(), time.process_time()
         return False
+
+    def _across_processes(self, loss: float, tokens: int) -> tuple[float, int]:
+        """The step's loss averaged over the processes, and the tokens they processed together."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return loss, tokens
+        both = acc.reduce(torch.tensor([loss, float(tokens)], dtype=torch.float64, device=acc.device), "sum")
+        return float(both[0]) / acc.num_processes, int(both[1])
 
     def _micro_step(self, examples) -> tuple[float, dict[str, float]]:
         acc, cfg = self.accelerator, self.cfg

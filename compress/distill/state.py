@@ -141,7 +141,7 @@ def rng_state() -> dict[str, torch.Tensor]:
 def set_rng_state(state: dict[str, torch.Tensor]) -> None:
     import numpy as np
 
-    torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
+    torch.set_rng_state(state["torch"].to(torch.uint8).cpu().clone())  # a row view would be read from its storage start
     py = state["python"].tolist()
     has, gauss = state["python_gauss"].tolist()
     random.setstate((int(py[0]), tuple(int(v) for v in py[1:]), gauss if has else None))
@@ -149,7 +149,7 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
     np.random.set_state(("MT19937", np.array(nv[:-2], dtype=np.uint32), int(nv[-2]), int(nv[-1]),
                          float(state["numpy_gauss"][0])))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"].to(torch.uint8).cpu())
+        torch.cuda.set_rng_state(state["cuda"].to(torch.uint8).cpu().clone())
 
 
 def gather_rng(accelerator) -> dict[str, torch.Tensor]:

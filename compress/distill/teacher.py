@@ -1,6 +1,6 @@
 """Teacher signals: online (teacher model beside the student) or from a top-k cache on disk.
 
-Cache format (spec distill.md §1.2), one folder:
+Cache format (top-k plus one remainder bucket, as the ADPA/DCKD code stores it), one folder:
 - `cache.json`: format, teacher (+ reference teacher) path and content hash, tokenizer hash (of
   `get_vocab()`), vocabulary size, k, capture temperature, chat template, data path, data fingerprint
   (sha256 of the tokenised pairs: detects other data, tokenizer or truncation), slots, shard files.
@@ -42,7 +42,8 @@ SEQS_PER_SHARD = 4096
 
 
 def vocab_hash(tokenizer) -> str:
-    """sha256 of the token -> id map (spec §1.4: compare get_vocab(), not vocab_size)."""
+    """sha256 of the token -> id map: get_vocab(), not vocab_size, which differs legitimately with padded
+    embedding rows (Qwen2.5: 152,064 or 151,936 rows for 151,665 tokens)."""
     return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
 
 

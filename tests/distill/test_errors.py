@@ -130,3 +130,17 @@ def test_python_api_validates_options(distill_models, pairs, tmp_path):
         distill(distill_models["student"], pairs, tmp_path / "o", "sft", lr=float("inf"))
     with pytest.raises(CompressError, match="'no_such'"):
         distill(distill_models["student"], pairs, tmp_path / "o", "sft", no_such=1)
+
+
+def test_dpo_beta_defaults_follow_the_recipes():
+    """dpo: 0.01 (the ADPA teacher's and WRPO's recipes on summed log-probs; it was TRL's 0.1 unannounced),
+    ln-dpo: 10 (FuseChat-3.0), hinge/ipo: TRL's 0.1; --help says so."""
+    from compress.cli.distill import train_cmd
+    from compress.distill.config import DistillConfig
+
+    assert DistillConfig(method="dpo").dpo_beta == 0.01
+    assert DistillConfig(method="ln-dpo").dpo_beta == 10.0
+    assert DistillConfig(method="dpo", dpo_loss_type="ipo").dpo_beta == 0.1
+    assert DistillConfig(method="dpo", beta=0.3).dpo_beta == 0.3
+    beta_help = next(p.help for p in train_cmd.params if p.name == "beta")
+    assert "dpo 0.01" in beta_help and "ln-dpo 10" in beta_help

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pickle
 import shutil
 
@@ -176,3 +177,30 @@ def test_failed_step_save_leaves_nothing(distill_models, pairs, tmp_path, monkey
         assert rc == 130
     assert calls["n"] > 3 and not list(ck.glob("step-*")) and _leftovers(ck) == []
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_two_process_run_resumes_bit_exactly(distill_models, tmp_path, capsys):
+    """DDP over two CPU processes (torchrun, gloo): the main process writes the checkpoint with every
+    process's RNG state; a two-process resume ends with the same bits as the uninterrupted run, and a
+    one-process resume is refused. About 30 s: three process launches, each importing torch."""
+    import subprocess
+    import sys
+
+    pairs = make_pairs(tmp_path / "pairs.jsonl", n=8)
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "compress",
+            "distill", "train", str(distill_models["student"]), "--data", str(pairs), "--method", "kd", "--teacher",
+            str(distill_models["teacher"]), "--max-steps", "3", "--save-every", "2", "--checkpoint-dir",
+            str(tmp_path / "ck"), *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for out, extra in (("a", []), ("b", ["--resume"])):
+        res = subprocess.run([*base, "-o", str(tmp_path / out), *extra], capture_output=True, text=True, env=env,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "ck" / "step-0000002" / "trainer.json").read_text())["world_size"] == 2
+    rng = load_file(str(tmp_path / "ck" / "step-0000002" / "rng" / "model.safetensors"))
+    assert rng["torch"].shape[0] == 2
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    one = [*base[base.index("compress") + 1:], "-o", str(tmp_path / "c"), "--resume"]
+    assert main(one) == 1 and "number of processes differs (2 then, 1 now)" in _one_error(capsys)
