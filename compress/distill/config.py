@@ -56,7 +56,8 @@ class DistillConfig(DataShape):
 
     method: MethodName = Field(..., description="The loss: " + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + ".")
     # loss settings
-    k: int = Field(50, ge=1, description="Teacher top-k kept per token (online teacher; a cache has its own k).")
+    k: int = Field(50, ge=0, description="Teacher top-k kept per token (online teacher; a cache has its own k). "
+                   "0: the teacher's full distribution (exact KL, as TRL's GKD; kd and dckd).")
     kd_direction: Literal[KD_DIRECTIONS] = Field("forward", description="KD divergence: forward KL(teacher‖student), "  # type: ignore[valid-type]
                                                  "reverse KL, or TRL GKD's generalised JSD (--jsd-beta).")
     jsd_beta: float = Field(0.5, ge=0, le=1, description="Generalised JSD mixture weight (TRL GKD beta): 0 is forward "
@@ -94,7 +95,10 @@ class DistillConfig(DataShape):
                            "are accepted too.", json_schema_extra={"cli": False})
     seed: int = Field(42, description="Random seed: data order, initialisation of anything random.")
     eval_pairs: int = Field(0, ge=0, description="Hold out the last N pairs for evaluation.")
-    # side work (does not change the result)
+    # memory and side work (do not change the result)
+    activation_checkpointing: bool = Field(False, description="Recompute each layer's activations in the backward pass "
+                                           "instead of keeping them: about 1/3 more compute, activation memory of one "
+                                           "layer (TRL's default).")
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (and at the end).")
     save_every: int = Field(0, ge=0, description="Write a step checkpoint every N steps (for --resume).")
     keep_checkpoints: int = Field(2, ge=0, description="Step checkpoints kept (the latest ones; 0: all).")
@@ -110,7 +114,7 @@ class DistillConfig(DataShape):
 
     def result_options(self) -> dict[str, Any]:
         """The settings that change the trained weights (all but the side work)."""
-        return self.model_dump(exclude={"eval_every", "save_every", "keep_checkpoints"})
+        return self.model_dump(exclude={"eval_every", "save_every", "keep_checkpoints", "activation_checkpointing"})
 
 
 class TrainRun(DistillConfig):

@@ -6,7 +6,7 @@ import torch
 
 from compress.data.preference import PreferenceExample, collate_slot
 from compress.distill import losses as L
-from compress.distill.forward import response_logits, sequence_logps
+from compress.distill.forward import response_token_logps, sequence_logps, sequence_sums
 from compress.errors import CompressError
 
 
@@ -37,7 +37,9 @@ def evaluate(forward, examples: list[PreferenceExample], pad_id: int, ref_logps:
                         sg = None
                     if sg is not None:
                         dev = lg.device
-                        kl += float(L.topk_kd_tokens(lg, sg.ids.to(dev), sg.logprobs.to(dev), sg.rest.to(dev)).sum())
+                        sg = sg.to(dev)
+                        kl += float((L.dense_kd_tokens(lg, sg.dense) if sg.dense is not None
+                                     else L.topk_kd_tokens(lg, sg.ids, sg.logprobs, sg.rest)).sum())
                         agree += float((lg.argmax(-1) == sg.ids[:, 0].to(dev)).float().sum())
                         nkl += lg.shape[0]
         rw = lp["chosen"] - ref_logps["chosen"][idx]
@@ -62,7 +64,7 @@ def reference_logps(model: torch.nn.Module, examples: list[PreferenceExample], p
         idx = torch.tensor([e.index for e in exs])
         for s in ("chosen", "rejected"):
             b = collate_slot(exs, s, pad_id)
-            out[s][idx] = sequence_logps(response_logits(model, b), b.targets, b.lengths).float().cpu()
+            out[s][idx] = sequence_sums(response_token_logps(model, b), b.lengths).float().cpu()
         if advance:
             advance(len(exs))
     model.train(was)

@@ -156,10 +156,13 @@ def topk_kd_tokens(logits: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tens
 
 
 def dense_kd_tokens(logits: torch.Tensor, teacher_logits: torch.Tensor, direction: str = "forward",
-                    beta: float = 0.5) -> torch.Tensor:
-    """Full-vocabulary token-level divergence between teacher and student logits [N, V] -> [N]."""
-    return bucket_divergence(F.log_softmax(teacher_logits.float(), -1), F.log_softmax(logits.float(), -1),
-                             direction, beta)
+                    beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+    """Full-vocabulary token-level divergence between teacher and student logits [N, V] -> [N]:
+    D(softmax(z_T / T) ‖ softmax(z / T)) · T² (the same convention as `topk_kd_tokens`)."""
+    t = temperature
+    z, zt = (logits.float(), teacher_logits.float()) if t == 1.0 else (logits.float() / t, teacher_logits.float() / t)
+    out = bucket_divergence(F.log_softmax(zt, -1), F.log_softmax(z, -1), direction, beta)
+    return out * (t * t) if t != 1.0 else out
 
 
 def dckd_loss(ce_chosen: torch.Tensor, kl_chosen: torch.Tensor, kl_rejected: torch.Tensor,

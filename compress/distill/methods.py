@@ -1,7 +1,8 @@
 """The loss of each distillation method on one micro-batch, keyed by the names in `registry.METHODS`.
 
-A method's loss reads a `Step`: the student's response logits per slot (one forward per slot), the
-targets, the teacher signal on demand and the DPO reference log-probs. It returns the scalar loss
+A method's loss reads a `Step`: the student's response logits per slot (or, for methods that need only
+the log-probs of the response tokens, those), the targets, the teacher signal on demand and the DPO
+reference log-probs. All slots go through one forward pass. It returns the scalar loss
 and a few figures for the training history.
 """
 
@@ -12,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from compress.data.preference import PreferenceExample, SlotBatch, collate_slot
+from compress.data.preference import PreferenceExample, SlotBatch, collate_slot, concat_batches
 from compress.distill import losses as L
 from compress.distill.config import DistillConfig
-from compress.distill.forward import sequence_logps
+from compress.distill.forward import sequence_logps, sequence_sums
 from compress.distill.registry import METHODS
 from compress.distill.teacher import Signals
 from compress.errors import CompressError
@@ -23,19 +24,22 @@ from compress.errors import CompressError
 
 @dataclass
 class Step:
-    """One micro-batch of one method: collated slots, the student's logits on them, and the references."""
+    """One micro-batch of one method: collated slots, the student's outputs on them, and the references.
+
+    `logits[slot]` [N, V] for methods that need distributions; else `token_logps[slot]` [N]."""
 
     cfg: DistillConfig
     examples: list[PreferenceExample]
     batches: dict[str, SlotBatch]
     logits: dict[str, torch.Tensor]
+    token_logps: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher: object | None = None  # OnlineTeacher or CachedTeacher
     ref_logps: dict[str, torch.Tensor] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
-        return self.logits["chosen"].device
+        return next(iter({**self.logits, **self.token_logps}.values())).device
 
     def targets(self, slot: str) -> torch.Tensor:
         return self.batches[slot].targets.to(self.device)
@@ -46,18 +50,23 @@ class Step:
     def signals(self, slot: str) -> Signals:
         if self.teacher is None:
             raise CompressError(f"--method {self.cfg.method} needs a teacher signal")
-        s = self.teacher.signals(self.examples, self.batches[slot], slot)
-        dev = self.device
-        return Signals(s.ids.to(dev), s.logprobs.to(dev), s.rest.to(dev),
-                       s.ref_logprobs.to(dev) if s.ref_logprobs is not None else None)
+        return self.teacher.signals(self.examples, self.batches[slot], slot).to(self.device)
 
-    def ce(self) -> torch.Tensor:
-        ce = L.sft_loss(self.logits["chosen"], self.targets("chosen"))
+    def ce(self, weight: float = 1.0) -> torch.Tensor:
+        """weight · the token-mean CE on chosen responses (not computed at all when the weight is 0)."""
+        if weight == 0:
+            return torch.zeros((), device=self.device)
+        if "chosen" in self.token_logps:
+            ce = -self.token_logps["chosen"].mean()
+        else:
+            ce = L.sft_loss(self.logits["chosen"], self.targets("chosen"))
         self.metrics["ce"] = float(ce.detach())
-        return ce
+        return weight * ce
 
     def kd_tokens(self, slot: str) -> torch.Tensor:
         cfg, s = self.cfg, self.signals(slot)
+        if s.dense is not None:
+            return L.dense_kd_tokens(self.logits[slot], s.dense, cfg.kd_direction, cfg.jsd_beta, cfg.kd_temperature)
         return L.topk_kd_tokens(self.logits[slot], s.ids, s.logprobs, s.rest, cfg.kd_direction, cfg.jsd_beta,
                                 cfg.missing_mass, cfg.kd_temperature)
 
@@ -66,7 +75,8 @@ class Step:
         idx = torch.tensor([e.index for e in self.examples])
         out = {}
         for s in ("chosen", "rejected"):
-            out[s] = sequence_logps(self.logits[s], self.targets(s), self.batches[s].lengths)
+            out[s] = (sequence_sums(self.token_logps[s], self.batches[s].lengths) if s in self.token_logps
+                      else sequence_logps(self.logits[s], self.targets(s), self.batches[s].lengths))
             out["ref_" + s] = self.ref_logps[s][idx].to(self.device)
         return out
 
@@ -78,7 +88,7 @@ def _sft(x: Step) -> torch.Tensor:
 def _kd(x: Step) -> torch.Tensor:
     kl = x.kd_tokens("chosen").mean()
     x.metrics["kl"] = float(kl.detach())
-    return x.cfg.w_sft * x.ce() + x.cfg.w_distill * kl
+    return x.ce(x.cfg.w_sft) + x.cfg.w_distill * kl
 
 
 def _dpo(x: Step) -> torch.Tensor:
@@ -124,10 +134,24 @@ def batch_loss(cfg: DistillConfig, forward: Callable[[SlotBatch], torch.Tensor],
                pad_id: int, teacher=None, ref_logps: dict[str, torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of `cfg.method` on a micro-batch (token means; pair means for DPO), and its figures."""
-    batches = {s: collate_slot(examples, s, pad_id) for s in METHODS[cfg.method].slots}
-    step = Step(cfg, examples, batches, {s: forward(b) for s, b in batches.items()}, teacher, ref_logps)
+    spec = METHODS[cfg.method]
+    batches = {s: collate_slot(examples, s, pad_id) for s in spec.slots}
+    out = slot_outputs(forward, batches, pad_id, targets_only=not spec.logits)
+    step = Step(cfg, examples, batches, out if spec.logits else {}, out if not spec.logits else {}, teacher, ref_logps)
     loss = LOSSES[cfg.method](step)
     return loss, step.metrics
+
+
+def slot_outputs(forward: Callable[..., torch.Tensor], batches: dict[str, SlotBatch], pad_id: int,
+                 targets_only: bool = False) -> dict[str, torch.Tensor]:
+    """Response logits [N, V] (or, with `targets_only`, the response tokens' log-probs [N]) per slot, from
+    one forward pass over all slots stacked (as TRL's DPOTrainer does for chosen + rejected): half the
+    kernel launches of one pass per slot, and one forward per backward for DDP. Rows come out slot after
+    slot, so a split by token counts recovers each slot's rows."""
+    joint = next(iter(batches.values())) if len(batches) == 1 else concat_batches(list(batches.values()), pad_id)
+    out = forward(joint, targets_only=True) if targets_only else forward(joint)
+    sizes = [int(b.lengths.sum()) for b in batches.values()]
+    return dict(zip(batches, torch.split(out, sizes), strict=True))
 
 
 def batch_tokens(examples: list[PreferenceExample], method: str) -> int:

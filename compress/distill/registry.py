@@ -25,13 +25,16 @@ class MethodSpec:
     teacher_slots: tuple[str, ...] = ()  # slots the (DPO) teacher scores
     ref_teacher: bool = False  # needs the reference teacher's log-probs (ADPA advantage)
     dpo_reference: bool = False  # needs the DPO reference's summed log-probs of every pair
+    logits: bool = True  # needs the student's full next-token distributions (else its targets' log-probs)
 
 
 METHODS: dict[str, MethodSpec] = {m.name: m for m in (
-    MethodSpec("sft", "CE on the chosen response", ("chosen",)),
+    MethodSpec("sft", "CE on the chosen response", ("chosen",), logits=False),
     MethodSpec("kd", "w_sft·CE + w_distill·D(teacher‖student) on the chosen response", ("chosen",), ("chosen",)),
-    MethodSpec("dpo", "DPO on summed log-probs against a frozen reference", ("chosen", "rejected"), dpo_reference=True),
-    MethodSpec("ln-dpo", "length-normalised DPO (FuseChat-3.0)", ("chosen", "rejected"), dpo_reference=True),
+    MethodSpec("dpo", "DPO on summed log-probs against a frozen reference", ("chosen", "rejected"), dpo_reference=True,
+               logits=False),
+    MethodSpec("ln-dpo", "length-normalised DPO (FuseChat-3.0)", ("chosen", "rejected"), dpo_reference=True,
+               logits=False),
     MethodSpec("dckd", "CE(y_w) + w_distill·[w_chosen·KL(y_w) + w_rejected·KL(y_l)] from the DPO teacher",
                ("chosen", "rejected"), ("chosen", "rejected")),
     MethodSpec("adpa", "CE(y_w) − w_adpa·expected advantage on the student's own generations",

@@ -84,13 +84,23 @@ class Signals:
     logprobs: torch.Tensor  # fp32 [N, k]
     rest: torch.Tensor  # fp32 [N]
     ref_logprobs: torch.Tensor | None = None  # fp32 [N, k], reference teacher at `ids`
+    dense: torch.Tensor | None = None  # fp32 [N, V]: the teacher's logits, when k = 0 (the full distribution)
+
+    def to(self, device) -> Signals:
+        return Signals(*(t.to(device) if t is not None else None for t in
+                         (self.ids, self.logprobs, self.rest, self.ref_logprobs, self.dense)))
 
 
 @torch.no_grad()
 def compute_signals(teacher: torch.nn.Module, batch: SlotBatch, k: int,
                     ref: torch.nn.Module | None = None) -> Signals:
-    """Top-k + rest of `teacher` (and the reference's log-probs at the same ids) on a slot batch."""
+    """Top-k + rest of `teacher` (and the reference's log-probs at the same ids) on a slot batch.
+
+    k = 0 keeps the teacher's full distribution (`dense`, exact KD as TRL's GKD computes it) besides
+    its top-1 (for the agreement figure)."""
     logits = response_logits(teacher, batch)
+    if k == 0:
+        return Signals(*topk_from_logits(logits, 1), dense=logits.float())
     ids, lp, rest = topk_from_logits(logits, k)
     ref_lp = None
     if ref is not None:

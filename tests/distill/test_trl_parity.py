@@ -68,3 +68,28 @@ def test_kd_temperature_is_t_squared_times_trl_gkd(beta):
         theirs = GKDTrainer.generalized_jsd_loss(s[None], t[None], beta=beta, temperature=temp, reduction="sum") / 7
         ours = L.topk_kd_tokens(s, ids, lp, rest, direction=direction, beta=beta, temperature=temp).mean()
         assert float(ours) == pytest.approx(temp * temp * float(theirs), rel=1e-4, abs=1e-6), temp
+
+
+def test_full_distribution_kd_equals_trl_gkd_loss(distill_models, tmp_path):
+    """`--method kd --k 0 --w-sft 0` (online teacher, full distribution) is TRL GKD's loss at β = 0
+    (forward KL), β = 1 (reverse) and β = 0.5, on the same real batch: a token mean over response tokens."""
+    from trl.experimental.gkd.gkd_trainer import GKDTrainer
+
+    from compress.distill.config import DistillConfig
+    from compress.distill.methods import batch_loss
+    from compress.distill.teacher import OnlineTeacher
+
+    student, tok = load(distill_models["student"], "cpu", "fp32")
+    teacher = load_model(distill_models["teacher"], "cpu", "fp32")
+    exs = read_preference(make_pairs(tmp_path / "pairs.jsonl", n=4), tok, max_length=64).examples
+    b = collate_slot(exs, "chosen", tok.pad_token_id)
+    labels = b.input_ids.masked_fill(~b.response_mask, -100)
+    with torch.no_grad():
+        s_logits, t_logits = student(b.input_ids, attention_mask=b.attention_mask).logits, teacher(
+            b.input_ids, attention_mask=b.attention_mask).logits
+        for beta, direction in ((0.0, "forward"), (1.0, "reverse"), (0.5, "jsd")):
+            theirs = GKDTrainer.generalized_jsd_loss(s_logits[:, :-1], t_logits[:, :-1], labels[:, 1:], beta=beta)
+            cfg = DistillConfig(method="kd", k=0, w_sft=0.0, kd_direction=direction, jsd_beta=beta)
+            ours, _ = batch_loss(cfg, lambda x: response_logits(student, x), exs, tok.pad_token_id,
+                                 OnlineTeacher(teacher, 0))
+            assert float(ours) == pytest.approx(float(theirs), rel=1e-4), beta
