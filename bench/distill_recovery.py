@@ -76,10 +76,12 @@ def main() -> None:
 
     from compress import progress
     from compress.data.preference import read_preference
+    from compress.distill.config import DistillConfig
+    from compress.distill.evaluate import evaluate, reference_logps
     from compress.distill.forward import response_logits
     from compress.distill.generate import generate_responses, write_generated
     from compress.distill.teacher import OnlineTeacher, write_cache
-    from compress.distill.train import DistillConfig, evaluate, reference_logps, train
+    from compress.distill.train import train
     from compress.model import load_model, load_tokenizer
 
     sys_t0 = time.time()

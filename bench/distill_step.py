@@ -48,9 +48,10 @@ def run_mode(args) -> dict:
     import torch
 
     from compress.data.preference import read_preference
+    from compress.distill.config import DistillConfig
     from compress.distill.forward import response_logits
+    from compress.distill.methods import batch_loss
     from compress.distill.teacher import CachedTeacher, OnlineTeacher, write_cache
-    from compress.distill.train import DistillConfig, batch_loss
     from compress.model import load_model, load_tokenizer
 
     torch.manual_seed(0)

@@ -67,6 +67,15 @@ def _click_type(annotation: Any, metadata: list[Any]) -> Any:
     return str
 
 
+def _option_type(name: str, field: Any) -> Any:
+    """The click type of a field; a `device` field is checked as `--device` everywhere (cli.options)."""
+    if name == "device":
+        from compress.cli.options import DeviceType
+
+        return DeviceType()
+    return _click_type(field.annotation, field.metadata)
+
+
 def option_name(name: str, field: Any) -> str | None:
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     if extra.get("cli") is False:
@@ -91,7 +100,7 @@ def config_options(model: type[BaseModel], exclude: tuple[str, ...] = ()) -> Cal
                 flag = opt[2:]
                 f = click.option(f"{opt}/--no-{flag}", name, default=bool(default), show_default=True, help=helptext)(f)
                 continue
-            f = click.option(opt, name, type=_click_type(field.annotation, field.metadata), default=default,
+            f = click.option(opt, name, type=_option_type(name, field), default=default,
                              show_default=default is not None, help=helptext + (" [required]" if required else ""))(f)
         return click.option("--config", CONFIG_PARAM, type=click.Path(dir_okay=False), default=None,
                             help="A YAML/JSON file of these options (keys as the option names, '-' or '_'); "

@@ -256,3 +256,17 @@ def collate_slot(examples: list[PreferenceExample], slot: str, pad_id: int) -> S
         resp[i, len(ex.prompt): len(s)] = True
     lengths = torch.tensor([len(ex.responses[slot]) for ex in examples])
     return SlotBatch(ids, att, resp, lengths)
+
+
+def concat_batches(batches: list[SlotBatch], pad_id: int) -> SlotBatch:
+    """Stack slot batches (e.g. chosen then rejected) into one, right-padded to the longest sequence, so
+    that one forward pass serves them all. Its `targets` are each batch's targets in order."""
+    t = max(b.input_ids.shape[1] for b in batches)
+
+    def pad(x: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, t - x.shape[1]), value=value)
+
+    return SlotBatch(torch.cat([pad(b.input_ids, pad_id) for b in batches]),
+                     torch.cat([pad(b.attention_mask, 0) for b in batches]),
+                     torch.cat([pad(b.response_mask, False) for b in batches]),
+                     torch.cat([b.lengths for b in batches]))

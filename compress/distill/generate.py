@@ -1,7 +1,7 @@
 """Student responses for ADPA: batched greedy generation on the prompts of a preference file.
 
 Writes a copy of the preference jsonl with the student's response in its own `student_response`
-column (spec §3.3 item 6: never overwrite `rejected` with generated text), atomically.
+column (the released ADPA code overwrote `rejected` with it, so text and labels disagreed), atomically.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -88,3 +89,21 @@ def write_generated(data: PreferenceData, responses: list[str], output: str | os
             rec["student_response"] = resp
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return Path(output)
+
+
+def run_generate(student: str, run, force: bool = False) -> dict[str, Any]:
+    """`compress distill generate`: the student's response to every prompt of `run.data` (a GenerateRun)."""
+    from compress import progress
+    from compress.data.preference import read_preference
+    from compress.distill.forward import distill_device
+    from compress.model import load
+
+    check_temperature(run.temperature)
+    check_generated_output(run.output, [student, run.data], force)
+    model, tok = load(student, distill_device(run.device), run.dtype)
+    ds = read_preference(run.data, tok, run.max_length, run.max_prompt_length, run.long_prompt, run.limit)
+    with progress.progress_bar("generate", len(ds.examples)) as adv:
+        resp = generate_responses(model, tok, [ex.prompt for ex in ds.examples], run.max_new_tokens, run.batch_size,
+                                  run.temperature, run.seed, adv)
+    path = write_generated(ds, resp, run.output, force, inputs=(student,))
+    return {"output": str(path), "pairs": len(resp), "skipped_long_prompts": ds.skipped_long}

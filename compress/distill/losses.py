@@ -1,10 +1,10 @@
 """Distillation and preference losses: small pure functions over tensors.
 
-Conventions (spec distill.md):
+Conventions:
 - Student logits are given only at response positions, flattened to rows: `logits` [N, V] fp32 where
   row n predicts response token `targets[n]`. Nothing here ever sees prompt positions.
-- A teacher distribution at a position is k+1 buckets (spec §1.3): its top-k ids `ids` [N, k], their
-  log-probabilities `logprobs` [N, k] and the log of the remaining mass `rest` [N].
+- A teacher distribution at a position is k+1 buckets, as in the ADPA/DCKD code: its top-k ids `ids`
+  [N, k], their log-probabilities `logprobs` [N, k] and the log of the remaining mass `rest` [N].
 - Per-token functions return [N]; callers take the token mean (DCKD/ADPA reduction: a token mean over
   the micro-batch, not a per-sequence mean).
 """
@@ -16,14 +16,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-PROB_EPS = 1e-8  # probabilities are clamped to [eps, 1 - eps] before logs (spec §1.3, ADPA code)
+from compress.distill.registry import ADVANTAGE_CLIPS, DPO_LOSS_TYPES, KD_DIRECTIONS, MISSING_MASS
+
+PROB_EPS = 1e-8  # probabilities are clamped to [eps, 1 - eps] before logs, as the ADPA code does
 LOG_EPS = math.log(PROB_EPS)
 LOG_ONE_MINUS_EPS = math.log1p(-PROB_EPS)
 ADV_FLOOR = 1e-7  # ADPA advantage: probabilities floored at 1e-7 (merge_logits_adpa_dataset.py)
 
-KD_DIRECTIONS = ("forward", "reverse", "jsd")
-MISSING_MASS = ("rest", "zero", "topk_soft_ce")
-ADVANTAGE_CLIPS = ("none", "unit")
+__all__ = ["ADVANTAGE_CLIPS", "DPO_LOSS_TYPES", "KD_DIRECTIONS", "MISSING_MASS"]  # re-exported choices
 
 
 def _clamp_log(lp: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def sft_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def topk_from_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Teacher signal of spec §1.2: top-k ids, their log-probabilities and log of the remaining mass.
+    """Teacher signal: top-k ids, their log-probabilities and the log of the remaining mass.
 
     log p_rest = logsumexp(z over the complement of K) − logsumexp(z), never log(1 − Σ p_i).
     Returns (ids int64 [N, k], logprobs fp32 [N, k], rest fp32 [N]; −inf when k = V).
@@ -54,8 +54,8 @@ def fold_out_of_vocab(ids: torch.Tensor, logprobs: torch.Tensor, rest: torch.Ten
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher ids at or above the student's row count (padded embedding rows) join the rest bucket.
 
-    Returns (ids with those slots set to 0, logprobs with those slots −inf, rest, valid mask) — spec §1.4
-    (ADPA `out_vocab_mask`).
+    Returns (ids with those slots set to 0, logprobs with those slots −inf, rest, valid mask), as the ADPA
+    code's `out_vocab_mask` does (Qwen2.5's embeddings have 152,064 rows for 151,665 real tokens).
     """
     valid = ids < vocab
     if bool(valid.all()):
@@ -69,7 +69,8 @@ def student_buckets(logits: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Student log-probabilities on the teacher's k+1 buckets: (log q_i at ids [N, k], log q_rest [N]).
 
-    log q_rest = logsumexp(z restricted to the complement of K_t) − logsumexp(z) (spec §1.3).
+    log q_rest = logsumexp(z restricted to the complement of K_t) − logsumexp(z), never log(1 − Σ q_i),
+    which cancels badly when the top-k hold almost all the mass.
     Slots where `valid` is False are excluded from K_t (their log q is −inf).
     """
     z = logits.float()
@@ -111,7 +112,7 @@ def bucket_divergence(lp: torch.Tensor, lq: torch.Tensor, direction: str = "forw
 def retarget_temperature(logprobs: torch.Tensor, rest: torch.Tensor, alpha: float
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-target cached log-probs captured at T_c to T_d: p^α / Σ p^α with α = T_c / T_d (DistillKit
-    `get_target_logprobs`). The rest bucket is treated as one lump, so this is approximate (spec §1.3)."""
+    `get_target_logprobs`). The rest bucket is treated as one lump, so this is approximate."""
     if alpha == 1.0:
         return logprobs, rest
     allp = torch.cat([logprobs, rest.unsqueeze(-1)], -1) * alpha
@@ -122,12 +123,18 @@ def retarget_temperature(logprobs: torch.Tensor, rest: torch.Tensor, alpha: floa
 def topk_kd_tokens(logits: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor, rest: torch.Tensor,
                    direction: str = "forward", beta: float = 0.5, missing_mass: str = "rest",
                    temperature: float = 1.0) -> torch.Tensor:
-    """Token-level KD from a top-k teacher to the student, per response token [N] (spec §1.3, §2).
+    """Token-level KD from a top-k teacher to the student, per response token [N].
 
     missing_mass 'rest': divergence over the k+1 buckets (ADPA/DCKD code); 'zero': teacher renormalised
     over K_t, student's log-probs at K_t from its full softmax, no rest bucket (DistillKit `zero`);
     'topk_soft_ce': soft cross-entropy −Σ_{i∈K} p̃_i log q_i with p̃ the teacher renormalised over K_t
-    (FuseLLM). `temperature` T_d divides the student logits and re-targets the teacher (captured at T=1).
+    (FuseLLM).
+
+    `temperature` T divides the student logits and re-targets the teacher (captured at T = 1) to
+    softmax(z_T / T) (exact when k = V), and the divergence is multiplied by T² (Hinton et al. 2015,
+    "Distilling the knowledge in a neural network" §2: the soft targets' gradients scale as 1/T², so
+    the T² keeps their size as T changes; DistillKit v0 does the same). TRL's `generalized_jsd_loss`
+    has no T² factor (GKD calls it at T = 1): at T ≠ 1 this loss is T² times TRL's.
     """
     if missing_mass not in MISSING_MASS:
         raise ValueError(f"unknown missing_mass {missing_mass!r}: choose one of {', '.join(MISSING_MASS)}")
@@ -138,19 +145,24 @@ def topk_kd_tokens(logits: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tens
     if missing_mass == "rest":
         lp_all = torch.cat([logprobs, rest.unsqueeze(-1)], -1)
         lq_all = torch.cat([lq, lq_rest.unsqueeze(-1)], -1)
-        return bucket_divergence(lp_all, lq_all, direction, beta)
-    lp_k = logprobs - torch.logsumexp(logprobs, -1, keepdim=True)
-    if missing_mass == "zero":
-        return bucket_divergence(lp_k, lq, direction, beta)
-    p = lp_k.exp()
-    return -(p * _clamp_log(lq)).sum(-1)
+        out = bucket_divergence(lp_all, lq_all, direction, beta)
+    else:
+        lp_k = logprobs - torch.logsumexp(logprobs, -1, keepdim=True)
+        if missing_mass == "zero":
+            out = bucket_divergence(lp_k, lq, direction, beta)
+        else:
+            out = -(lp_k.exp() * _clamp_log(lq)).sum(-1)
+    return out * (temperature * temperature) if temperature != 1.0 else out
 
 
 def dense_kd_tokens(logits: torch.Tensor, teacher_logits: torch.Tensor, direction: str = "forward",
-                    beta: float = 0.5) -> torch.Tensor:
-    """Full-vocabulary token-level divergence between teacher and student logits [N, V] -> [N]."""
-    return bucket_divergence(F.log_softmax(teacher_logits.float(), -1), F.log_softmax(logits.float(), -1),
-                             direction, beta)
+                    beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+    """Full-vocabulary token-level divergence between teacher and student logits [N, V] -> [N]:
+    D(softmax(z_T / T) ‖ softmax(z / T)) · T² (the same convention as `topk_kd_tokens`)."""
+    t = temperature
+    z, zt = (logits.float(), teacher_logits.float()) if t == 1.0 else (logits.float() / t, teacher_logits.float() / t)
+    out = bucket_divergence(F.log_softmax(zt, -1), F.log_softmax(z, -1), direction, beta)
+    return out * (t * t) if t != 1.0 else out
 
 
 def dckd_loss(ce_chosen: torch.Tensor, kl_chosen: torch.Tensor, kl_rejected: torch.Tensor,
@@ -171,7 +183,8 @@ def advantage(dpo_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, clip: str 
     (ADPA, ICLR 2025; β folded into w_adpa). Probabilities are floored at 1e-7 as in the official code.
 
     clip 'none' (default, the paper's signed advantage) or 'unit': clamp A to [1e-8, 1 − 1e-8], which
-    reproduces the released code's target clamp (negative advantages become ~0; spec §3.3 bug 1).
+    reproduces the released code, which reuses its probability clamp on the advantages (negative
+    advantages become ~0, those above 1 become ~1).
     """
     floor = math.log(ADV_FLOOR)
     a = dpo_logprobs.float().clamp_min(floor) - ref_logprobs.float().clamp_min(floor)
@@ -183,7 +196,7 @@ def advantage(dpo_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, clip: str 
 
 
 def expected_advantage_tokens(logits: torch.Tensor, ids: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-    """Σ_{a∈K_t} π_θ(a|s_t)·A(s_t, a) per response token [N] (the rest bucket has advantage 0; spec §3.3 bug 3)."""
+    """Σ_{a∈K_t} π_θ(a|s_t)·A(s_t, a) per response token [N] (the rest bucket has advantage 0: no margin is stored for it, as in the ADPA code)."""
     lq = logits.float().log_softmax(-1).gather(-1, ids)
     return (lq.exp() * adv).sum(-1)
 
@@ -195,33 +208,47 @@ def adpa_loss(ce_chosen: torch.Tensor, exp_adv: torch.Tensor, w_sft: float = 1.0
     return w_sft * ce_chosen - w_adpa * exp_adv.mean()
 
 
-DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
-
-
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float = 0.1, label_smoothing: float = 0.0,
-             loss_type: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DPO (Rafailov et al. 2023) per pair [B], with TRL's names: h = β·[(π_w − ref_w) − (π_l − ref_l)],
-    sigmoid: −(1−ε)·log σ(h) − ε·log σ(−h) (conservative DPO); hinge: relu(1 − h); ipo: (h/β − 1/(2β))².
-    Inputs are summed response log-probs [B]. Returns (losses, chosen_rewards, rejected_rewards).
+             ref_rejected: torch.Tensor, beta: float = 0.01, label_smoothing: float = 0.0,
+             loss_type: str = "sigmoid", len_chosen: torch.Tensor | None = None,
+             len_rejected: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023) per pair [B], with TRL's names. Inputs are summed response log-probs [B];
+    ℓ(y) = log π_θ(y|x) − log π_ref(y|x) and h = ℓ(y_w) − ℓ(y_l):
+
+    - sigmoid: −(1−ε)·log σ(β·h) − ε·log σ(−β·h) (ε = label smoothing: conservative DPO);
+    - hinge: relu(1 − β·h) (SLiC);
+    - ipo: (h̄ − 1/(2β))² with the length-normalised h̄ = ℓ(y_w)/|y_w| − ℓ(y_l)/|y_l| (IPO, Azar et al. 2023,
+      as TRL's DPOTrainer computes it: summed log-ratios make the squared loss grow with the response
+      length; TRL normalises by the completion lengths, which the ADPA trainer does too). Needs the
+      response lengths `len_chosen`, `len_rejected` [B].
+
+    Returns (losses, chosen_rewards β·ℓ(y_w), rejected_rewards β·ℓ(y_l)).
     """
-    logits = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    lr_w, lr_l = policy_chosen - ref_chosen, policy_rejected - ref_rejected
+    logits = lr_w - lr_l
     if loss_type == "sigmoid":
         losses = -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * logits)
     elif loss_type == "ipo":
-        losses = (logits - 1 / (2 * beta)) ** 2
+        if len_chosen is None or len_rejected is None:
+            raise ValueError("the ipo loss needs the response lengths (len_chosen, len_rejected)")
+        norm = lr_w / len_chosen.clamp_min(1) - lr_l / len_rejected.clamp_min(1)
+        losses = (norm - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f"unknown DPO loss_type {loss_type!r}: choose one of {', '.join(DPO_LOSS_TYPES)}")
-    return losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach()
+    return losses, beta * lr_w.detach(), beta * lr_l.detach()
 
 
 def ln_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
                 ref_rejected: torch.Tensor, len_chosen: torch.Tensor, len_rejected: torch.Tensor,
                 beta: float = 10.0, label_smoothing: float = 0.0
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Length-normalised DPO (FuseChat-3.0; WRPO `get_batch_logps(average_log_prob=True)`):
-    L = −log σ( (β/|y_w|)·ℓ(y_w) − (β/|y_l|)·ℓ(y_l) ), ℓ(y) = log π_θ(y|x) − log π_ref(y|x) summed."""
+    """Length-normalised DPO (FuseChat-3.0's preference stage for Llama targets):
+    L = −log σ( (β/|y_w|)·ℓ(y_w) − (β/|y_l|)·ℓ(y_l) ), ℓ(y) = log π_θ(y|x) − log π_ref(y|x) summed over the
+    response, |y| its length in tokens; the reference model is kept (unlike SimPO).
+
+    WRPO's official trainer does *not* average: its `concatenated_forward` calls `get_batch_logps(...,
+    average_log_prob=False)`, i.e. summed log-probs with β = 0.01, which is `dpo_loss`'s form."""
     return dpo_loss(policy_chosen / len_chosen, policy_rejected / len_rejected, ref_chosen / len_chosen,
                     ref_rejected / len_rejected, beta=beta, label_smoothing=label_smoothing)
