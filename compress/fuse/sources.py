@@ -5,6 +5,7 @@ A prompt is plain text or a chat (a list of {role, content} messages). Each mode
 - chat prompt: the model's chat template with the generation prompt (a model without one is refused);
 - plain text with `chat="auto"`: the chat template of a model that has one (as a single user turn), the
   plain text (with the tokenizer's BOS, if it adds one) for a model that has none;
+- plain text with `chat=True`: the chat template of every model (a model without one is refused);
 - plain text with `chat=False`: the plain text for every model (lm-eval's default, few-shot prompts).
 """
 
@@ -70,8 +71,6 @@ def render_prompt(src: Source, prompt: Prompt, chat: ChatMode = "auto") -> list[
     """Token ids of `prompt` formatted for `src` (see the module doc)."""
     tok = src.tokenizer
     if isinstance(prompt, list):
-        if chat is False:
-            raise CompressError("chat prompts (messages) cannot be decoded with chat templates turned off")
         messages = prompt
     elif chat is True or (chat == "auto" and src.has_chat_template):
         messages = [{"role": "user", "content": prompt}]
