@@ -13,9 +13,11 @@ template):
 - gsm8k: lm-eval's prompt "Question: ...\\nAnswer:", `--shots` examples from train.jsonl (seeded per
   item), stops "Question:", "</s>", "<|im_end|>" and a blank line; scored by lm-eval's two filters
   (strict "#### N" and flexible: last number), exact match after its normalisation.
-- arc_easy: "Question: ...\\nA. ...\\nB. ...\\nAnswer:" with the answer letter; `--shots` examples
-  from the start of the test file (left out of the scored items); the first letter A-E written.
-- boolq: "passage\\nQuestion: ...?\\nAnswer:" yes/no; examples from the start of the file.
+- arc_easy: lm-eval's "Question: ...\\nAnswer:" answered in words (`--shots` examples with the
+  correct choice's text, from the start of the test file, left out of the scored items); the answer
+  is the choice closest to the first line written (difflib ratio). Letter answers (A-D listed) were
+  at chance for both models in a 30-item probe (7/30 each), so the words are scored instead.
+- boolq: "passage\\nQuestion: ...?\\nAnswer:" yes/no; examples alternate yes and no.
 
 Items are appended to bench/results/cool_fusion_<task>.items.jsonl as they finish (resumable: a rerun
 with the same options continues); the summary goes to bench/results/cool_fusion.json[task].
@@ -57,27 +59,38 @@ def gsm8k_items(shots: int) -> tuple[list[dict], list[str]]:
 
 
 def _arc_text(d: dict, answer: bool) -> str:
-    q = d["question"]
-    opts = "".join(f"{c['label']}. {c['text']}\n" for c in q["choices"])
-    return f"Question: {q['stem']}\n{opts}Answer:" + (f" {d['answerKey']}\n\n" if answer else "")
+    gold = next(c["text"] for c in d["question"]["choices"] if c["label"] == d["answerKey"])
+    return f"Question: {d['question']['stem']}\nAnswer:" + (f" {gold}\n\n" if answer else "")
 
 
 def arc_items(shots: int) -> tuple[list[dict], list[str]]:
+    """ARC-Easy as lm-eval's prompt, answered in words; the answer is the choice its text is closest to."""
     rows = _jsonl(DATA / "arc" / "ARC-Easy-Test.jsonl")
     ctx = "".join(_arc_text(d, True) for d in rows[:shots])
-    return [{"prompt": ctx + _arc_text(d, False), "target": d["answerKey"]} for d in rows[shots:]], ["\n", "Question:"]
+    return [{"prompt": ctx + _arc_text(d, False), "target": d["answerKey"],
+             "choices": {c["label"]: c["text"] for c in d["question"]["choices"]}} for d in rows[shots:]], \
+        ["\n", "Question:"]
+
+
+def _boolq_label(d: dict) -> bool:
+    v = d["label"] if "label" in d else d["answer"]
+    return v is True or str(v).lower() in ("true", "1")
 
 
 def _boolq_text(d: dict, answer: bool) -> str:
-    a = (" yes" if d["answer"] else " no") + "\n\n" if answer else ""
+    a = (" yes" if _boolq_label(d) else " no") + "\n\n" if answer else ""
     return f"{d['passage']}\nQuestion: {d['question']}?\nAnswer:{a}"
 
 
 def boolq_items(shots: int) -> tuple[list[dict], list[str]]:
+    """BoolQ, yes/no written; the few-shot examples alternate yes and no (the file's first of each)."""
     rows = _jsonl(DATA / "boolq" / "val.jsonl")
-    ctx = "".join(_boolq_text(d, True) for d in rows[:shots])
-    return [{"prompt": ctx + _boolq_text(d, False), "target": "yes" if d["answer"] else "no"}
-            for d in rows[shots:]], ["\n", "Question:"]
+    yes = [i for i, d in enumerate(rows) if _boolq_label(d)]
+    no = [i for i, d in enumerate(rows) if not _boolq_label(d)]
+    picked = [x for pair in zip(yes, no, strict=False) for x in pair][:shots]
+    ctx = "".join(_boolq_text(rows[i], True) for i in picked)
+    return [{"prompt": ctx + _boolq_text(d, False), "target": "yes" if _boolq_label(d) else "no"}
+            for i, d in enumerate(rows) if i not in picked], ["\n", "Question:"]
 
 
 TASKS = {"gsm8k": gsm8k_items, "arc_easy": arc_items, "boolq": boolq_items}
@@ -99,16 +112,24 @@ def gsm8k_correct(answer: str, target: str) -> dict[str, bool]:
             "flexible": bool(flex) and _gsm8k_norm(flex[-1]) == gold}
 
 
-def choice_correct(answer: str, target: str) -> dict[str, bool]:
-    if target in ("yes", "no"):
+def closest_choice(answer: str, choices: dict[str, str]) -> str | None:
+    """The label of the choice whose text is most similar to the answer's first line (difflib ratio,
+    lower case); None for an empty answer."""
+    import difflib
+
+    text = answer.strip().split("\n")[0].lower()
+    if not text:
+        return None
+    return max(choices, key=lambda k: difflib.SequenceMatcher(None, text, choices[k].lower()).ratio())
+
+
+def correct(task: str, answer: str, item: dict) -> dict[str, bool]:
+    if task == "gsm8k":
+        return gsm8k_correct(answer, item["target"])
+    if task == "boolq":
         m = re.search(r"\b(yes|no)\b", answer.lower())
-        return {"flexible": bool(m) and m.group(1) == target}
-    m = re.search(r"\b([A-E])\b", answer)
-    return {"flexible": bool(m) and m.group(1) == target}
-
-
-def correct(task: str, answer: str, target: str) -> dict[str, bool]:
-    return gsm8k_correct(answer, target) if task == "gsm8k" else choice_correct(answer, target)
+        return {"flexible": bool(m) and m.group(1) == item["target"]}
+    return {"flexible": closest_choice(answer, item["choices"]) == item["target"]}
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -137,7 +158,7 @@ def run_items(args, names: list[str], out: Path) -> None:
         r = dec.generate(items[i]["prompt"], stop=stop)
         answers = {"fused": r["text"], "+R": r["rerank"]["text"], **{n: r["singles"][n]["text"] for n in names}}
         rec = {"index": i, "target": items[i]["target"], "answers": answers,
-               "correct": {k: correct(args.task, a, items[i]["target"]) for k, a in answers.items()},
+               "correct": {k: correct(args.task, a, items[i]) for k, a in answers.items()},
                "rerank_chosen": r["rerank"]["chosen"], "wins": r["wins"], "agreed": r["agreed"],
                "segments": len(r["segments"]), "tokens": {"fused": r["tokens"],
                                                           **{n: r["singles"][n]["tokens"] for n in names}},
@@ -216,7 +237,7 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="start the items file again")
     args = ap.parse_args()
     args.shots = args.shots if args.shots is not None else {"gsm8k": 5, "arc_easy": 5, "boolq": 2}[args.task]
-    args.max_new_tokens = args.max_new_tokens or (192 if args.task == "gsm8k" else 8)
+    args.max_new_tokens = args.max_new_tokens or {"gsm8k": 192, "arc_easy": 16, "boolq": 4}[args.task]
     pairs = [m.split("=", 1) if "=" in m else (m, MODELS[m]) for m in args.models]
     names = [n for n, _ in pairs]
     args.model_paths = [p for _, p in pairs]
