@@ -81,31 +81,42 @@ def fingerprint(options: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def open_answers(path: str | os.PathLike[str], options: dict[str, Any], force: bool = False) -> set[int]:
-    """Prepare the answer file: new (header written), or resumed (indices already answered returned)."""
+def is_answer_file(path: Path) -> bool:
+    """Was `path` written by `compress fuse generate` (its first line is our header)?"""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = json.loads(f.readline())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(first, dict) and isinstance(first.get(HEADER_KEY), dict)
+
+
+def open_answers(path: str | os.PathLike[str], options: dict[str, Any], force: bool = False,
+                 inputs: tuple[str | os.PathLike[str], ...] = ()) -> set[int]:
+    """Prepare the answer file and take its lock: resumed (the indices already answered are returned) when
+    it holds answers made with the same options, else new (header written; an existing file is replaced
+    only with `force` and only when this command wrote it)."""
+    from compress.checkpoint.atomic import check_output_file, replace_file
+    from compress.checkpoint.lock import acquire
+
     p = Path(path)
     fp = fingerprint(options)
-    if p.exists() and not force:
-        if p.is_dir():
-            raise CompressError(f"output {path} is a folder: give a .jsonl file")
+    if p.is_file() and not force and is_answer_file(p):
         header, done, good = _read_answers(p)
-        if header is None:
-            raise CompressError(f"output {path} exists and is not a `compress fuse generate` file: "
-                                f"pass --force to overwrite it")
-        if header.get("fingerprint") != fp:
-            old = header.get("options", {})
+        if header is None or header.get("fingerprint") != fp:
+            old = (header or {}).get("options", {})
             diff = sorted(k for k in set(old) | set(options) if old.get(k) != options.get(k))
             raise CompressError(f"output {path} was written with other options ({', '.join(diff) or 'fingerprint'} "
                                 f"differ): pass --force to start it again, or choose another -o")
+        check_output_file(path, inputs, force=True, is_ours=is_answer_file, lock=False)  # placement rules
+        acquire(p.resolve())
         with open(p, "r+b") as f:  # drop a half-written last line
             f.truncate(good)
         return done
-    p.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(path, inputs, force, is_ours=is_answer_file)
     header = {HEADER_KEY: {"fingerprint": fp, "options": options,
                            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(header, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
+    replace_file(p, json.dumps(header, ensure_ascii=False) + "\n")
     return set()
 
 
@@ -157,13 +168,25 @@ def answer_record(index: int, pid: Any, out: dict[str, Any], trace: bool) -> dic
 
 def run_prompts(decoder: Any, prompts: list[tuple[Any, Prompt]], output: str | os.PathLike[str] | None,
                 options: dict[str, Any], *, stop: list[str] | None = None, trace: bool = False, force: bool = False,
+                inputs: tuple[str | os.PathLike[str], ...] = (), done: set[int] | None = None,
                 on_answer: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Decode every prompt not answered yet in `output`, appending each answer as it is produced."""
+    from compress.checkpoint.lock import release
     from compress.progress import progress_bar
 
-    done = open_answers(output, options, force) if output is not None else set()
+    if done is None:
+        done = open_answers(output, options, force, inputs) if output is not None else set()
     todo = [(i, pid, pr) for i, (pid, pr) in enumerate(prompts) if i not in done]
     records = []
+    try:
+        _answer_all(decoder, todo, output, stop, trace, on_answer, records, progress_bar)
+    finally:
+        if output is not None:
+            release(Path(output).resolve())
+    return records
+
+
+def _answer_all(decoder, todo, output, stop, trace, on_answer, records, progress_bar) -> None:
     with progress_bar("fuse generate", total=len(todo)) as advance:
         for i, pid, prompt in todo:
             out = decoder.generate(prompt, stop=stop, trace=trace)
@@ -174,7 +197,6 @@ def run_prompts(decoder: Any, prompts: list[tuple[Any, Prompt]], output: str | o
                 on_answer(rec)
             records.append(rec)
             advance(1)
-    return records
 
 
 def model_labels(models: list[str], names: list[str] | None) -> list[str]:
@@ -205,7 +227,8 @@ def generate_answers(models: list[str], *, method: str = "cool-fusion", prompt: 
 
     from compress.checkpoint.reader import Checkpoint
     from compress.fuse.cool_fusion import CoolFusionDecoder
-    from compress.fuse.sources import make_source, render_prompt
+    from compress.fuse.sources import Source, render_prompt
+    from compress.fuse.tokens import TokenizerView
     from compress.model.load import load_model, load_tokenizer
 
     if not models:
@@ -220,32 +243,32 @@ def generate_answers(models: list[str], *, method: str = "cool-fusion", prompt: 
         raise CompressError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if max_segment_tokens < 1:
         raise CompressError(f"--max-segment-tokens must be at least 1, got {max_segment_tokens}")
-    if output is not None and any(Path(output).resolve() == Path(m).resolve() for m in [*models, data or ""]):
-        raise CompressError(f"output {output} is one of the inputs: choose another file")
     prompts = [(0, _prompt(prompt, None, "--prompt"))] if prompt is not None else read_prompts(data, field)
     prompts = prompts[:limit] if limit else prompts
     labels = model_labels(models, names)
-    for m in models:
-        Checkpoint(m)  # a missing folder or non-model is refused before anything loads
+    configs = [Checkpoint(m).config for m in models]  # a missing folder or non-model is refused before anything loads
     tokenizers = [load_tokenizer(m) for m in models]
-    options = {"method": method, "models": [str(Path(m).resolve()) for m in models], "names": labels,
-               "segment": segment, "rerank": rerank, "max_new_tokens": max_new_tokens,
-               "max_segment_tokens": max_segment_tokens, "k_words": k_words, "stop": list(stop or []),
-               "chat": chat, "dtype": dtype, "seed": seed, "limit": limit, "field": field,
-               "prompts": _prompts_digest(prompt, data)}
-    torch.manual_seed(seed)
-    loaded = [(load_model(m, device, dtype), tok) for m, tok in zip(models, tokenizers, strict=True)]
-    for (model, tok), label in zip(loaded, labels, strict=True):  # every prompt fits every model, before any work
-        src = make_source(model, tok, label)
+    for tok, cfg, label in zip(tokenizers, configs, labels, strict=True):  # every prompt fits every model
+        src = Source(model=None, view=TokenizerView(tok, label), name=label,
+                     context=cfg.get("text_config", cfg).get("max_position_embeddings"))
         for i, (_, p) in enumerate(prompts):
             try:
                 render_prompt(src, p, chat)
             except CompressError as e:
                 raise CompressError(f"prompt {i + 1}: {e}") from None
+    options = {"method": method, "models": [str(Path(m).resolve()) for m in models], "names": labels,
+               "segment": segment, "rerank": rerank, "max_new_tokens": max_new_tokens,
+               "max_segment_tokens": max_segment_tokens, "k_words": k_words, "stop": list(stop or []),
+               "chat": chat, "dtype": dtype, "seed": seed, "limit": limit, "field": field,
+               "prompts": _prompts_digest(prompt, data)}
+    inputs = tuple(models) + ((data,) if data is not None else ())
+    done = open_answers(output, options, force, inputs) if output is not None else set()
+    torch.manual_seed(seed)
+    loaded = [(load_model(m, device, dtype), tok) for m, tok in zip(models, tokenizers, strict=True)]
     decoder = CoolFusionDecoder(loaded, names=labels, segment=segment, rerank=rerank and method != "greedy",
                                 k_context_words=k_words, max_new_tokens=max_new_tokens,
                                 max_segment_tokens=max_segment_tokens, chat=chat)
-    return run_prompts(decoder, prompts, output, options, stop=stop, trace=trace, force=force)
+    return run_prompts(decoder, prompts, output, options, stop=stop, trace=trace, done=done)
 
 
 def _prompts_digest(prompt: str | None, data: str | os.PathLike[str] | None) -> str:

@@ -109,12 +109,18 @@ def test_bad_input_is_one_error_line(tiny_pair_paths, no_template_model, no_toke
     assert code == 0, err
 
 
-def test_existing_file_of_another_kind_needs_force(tiny_pair_paths, tmp_path, capsys):
+def test_existing_files_follow_the_output_policy(tiny_pair_paths, tmp_path, capsys):
     out = tmp_path / "answers.jsonl"
     out.write_text('{"something": 1}\n')
     argv = ["fuse", "generate", "--method", "greedy", str(tiny_pair_paths["bpe"]), "--prompt", "hi",
             "--max-new-tokens", "4", "-o", str(out)]
-    code, _, err = run(argv, capsys)
-    assert code == 1 and "--force" in err and out.read_text() == '{"something": 1}\n'
-    code, _, err = run([*argv, "--force"], capsys)
-    assert code == 0 and len(lines(out)) == 2
+    for extra in ([], ["--force"]):  # a file this command did not write is never replaced
+        code, _, err = run([*argv, *extra], capsys)
+        assert code == 1 and "not written by this command" in err and out.read_text() == '{"something": 1}\n'
+    out.unlink()
+    assert run(argv, capsys)[0] == 0 and len(lines(out)) == 2
+    assert run(argv, capsys)[0] == 0 and len(lines(out)) == 2  # resumed: nothing left to answer
+    code, _, err = run([*argv[:-4], "--max-new-tokens", "5", "-o", str(out), "--force"], capsys)
+    assert code == 0 and lines(out)[1]["tokens"] == {"llama-bpe": 5}
+    code, _, err = run([*argv[:-2], "-o", str(tiny_pair_paths["bpe"] / "x.jsonl")], capsys)
+    assert code == 1 and "inside the input" in err
