@@ -194,7 +194,7 @@ def summarise(task: str, names: list[str], recs: list[dict]) -> dict:
     wins = {n: sum(r["wins"][n] for r in recs) / max(contested, 1) for n in names}
     speed: dict[str, dict] = {}
     for clock in ("cpu", "wall"):
-        single = {n: sum(r["tokens"][n][n] for r in recs) / sum(r["time"][f"single:{n}"][clock] for r in recs)
+        single = {n: sum(r["tokens"][n] for r in recs) / sum(r["time"][f"single:{n}"][clock] for r in recs)
                   for n in names}
         slow = min(single, key=single.get)
         fused = sum(r["tokens"]["fused"][slow] for r in recs) / sum(r["time"]["decode"][clock] for r in recs)
