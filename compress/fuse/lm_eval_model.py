@@ -78,3 +78,60 @@ class FusedLM(LM):
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
         return "each model's own chat template"
+
+
+FUSIONS = ("cool-fusion", "cool-fusion+r")
+
+
+def parse_ensemble(spec: str) -> list[str]:
+    """'M1,M2[,M3]' -> the member folders (at least one)."""
+    members = [m.strip() for m in spec.split(",") if m.strip()]
+    if not members:
+        raise CompressError(f"--ensemble {spec!r}: give the member models as M1,M2[,M3]")
+    return members
+
+
+def check_generation_tasks(tasks: list[str], configs: dict[str, dict[str, Any]]) -> None:
+    """An ensemble is scored on generation tasks only: refuse the others before any model loads."""
+    bad = [t for t in tasks if configs.get(t, {}).get("output_type") != "generate_until"]
+    if bad:
+        raise CompressError(f"--ensemble answers generation tasks only (e.g. gsm8k): {', '.join(bad)} "
+                            f"score log-likelihoods or perplexity; evaluate them with the single models")
+
+
+def ensemble_label(members: list[str], labels: list[str], fusion: str) -> str:
+    return f"{fusion}({'+'.join(labels)})"
+
+
+def score_ensemble(members: list[str], labels: list[str], fusion: str, lm_tasks: list[Any], *, device: str,
+                   dtype: str, limit: int | None, num_fewshot: int | None, seed: int, chat_template: bool,
+                   max_gen_toks: int | None) -> dict[str, Any]:
+    """One `compress eval` record for the fused decoder of `members`: the lm-eval results of its generation
+    tasks, with the segment wins per model and (with +R) what the rerank chose."""
+    from compress.eval.harness import run_lm_eval
+    from compress.model.load import load
+    from compress.progress import info
+
+    if fusion not in FUSIONS:
+        raise CompressError(f"unknown --fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
+    label = ensemble_label(members, labels, fusion)
+    info(f"[{label}] loading {', '.join(members)}")
+    loaded = [load(m, device, dtype) for m in members]
+    dec = CoolFusionDecoder(loaded, names=labels, chat=False)
+    lm = FusedLM(dec, rerank=fusion.endswith("+r"), max_gen_toks=max_gen_toks or 256)
+    info(f"[{label}] lm-eval: {', '.join(t.task for t in lm_tasks)}" + (f" (limit {limit})" if limit else ""))
+    results = run_lm_eval(None, None, lm_tasks, limit=limit, num_fewshot=num_fewshot, seed=seed,
+                          chat_template=chat_template, max_gen_toks=max_gen_toks, lm=lm)
+    contested = sum(sum(r["wins"].values()) for r in lm.records)
+    segments = sum(r["segments"] for r in lm.records)
+    rec: dict[str, Any] = {
+        "name": label, "path": [str(m) for m in members], "fusion": fusion, "parameters": None,
+        "size_on_disk": None, "family": "ensemble",
+        "loaded_parameters": sum(sum(t.numel() for t in m.parameters()) for m, _ in loaded),
+        "results": {t: r.as_dict() for t, r in results.items()},
+        "fusion_stats": {"segments": segments, "agreed": segments - contested,
+                         "wins": {n: sum(r["wins"][n] for r in lm.records) for n in labels}}}
+    if lm.rerank:
+        rec["fusion_stats"]["rerank_chosen"] = {k: sum(r.get("rerank_chosen") == k for r in lm.records)
+                                                for k in ["fused", *labels]}
+    return rec
