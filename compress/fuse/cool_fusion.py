@@ -167,6 +167,12 @@ class Clock:
         self._wall, self._cpu = wall, cpu
 
 
+def _tokenizer_key(src: Source) -> tuple:
+    """Tokenizers loaded from the same folder (or the same object) are one tokenizer."""
+    path = getattr(src.tokenizer, "name_or_path", "")
+    return (src.view.kind, len(src.tokenizer), path) if path else (id(src.tokenizer),)
+
+
 class CoolFusionDecoder:
     """Cool-Fusion over `models` [(model, tokenizer), ...]; one model gives plain greedy decoding."""
 
@@ -187,11 +193,9 @@ class CoolFusionDecoder:
         self.max_new_tokens, self.max_segment_tokens, self.chat = max_new_tokens, max_segment_tokens, chat
         seen: dict[tuple, int] = {}
         for i, s in enumerate(self.sources):  # one boundary check per distinct tokenizer
-            key = (s.view.kind, len(s.tokenizer), getattr(s.tokenizer, "name_or_path", ""), id(s.tokenizer)
-                   if not getattr(s.tokenizer, "name_or_path", "") else 0)
-            seen.setdefault(key, i)
-        self.distinct_views = sorted(set(seen.values()))
-        self.stats: dict[str, float] = {}
+            seen.setdefault(_tokenizer_key(s), i)
+        self.distinct_views = sorted(seen.values())
+        self.stats: dict[str, float] = {}  # forward passes: proposal_forwards, score_forwards
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
