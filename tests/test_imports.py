@@ -43,6 +43,12 @@ LAYER_EXCEPTIONS = {
         "the removals of a `--export mask` folder are applied in memory (function-level import)",
     ("compress.eval.inspect", "compress.prune.maskfile"):
         "inspecting a `--export mask` folder reports its base with the removed blocks taken out",
+    ("compress.eval.run", "compress.fuse.lm_eval_model"):
+        "`eval --ensemble` checks its options and tasks with the fused decoder's rules (function-level import)",
+    ("compress.eval.ensemble", "compress.fuse.lm_eval_model"):
+        "`eval --ensemble` scores the Cool-Fusion decoder as an lm-eval model (FusedLM)",
+    ("compress.eval.ensemble", "compress.fuse.cool_fusion"):
+        "`eval --ensemble` builds the Cool-Fusion decoder of its members",
 }
 # Cycles still to be broken (none left); every other cycle fails.
 CYCLE_EXCEPTIONS: dict[frozenset[str], str] = {}

@@ -33,6 +33,7 @@ def command():
     \b
     compress eval MODEL [MODEL...] --tasks piqa,winogrande,arc_easy,arc_challenge,boolq,openbookqa
     compress eval ppl MODEL --data wiki.test.raw
+    compress eval M1 M2 --ensemble M1,M2 --fusion cool-fusion+r --tasks gsm8k
     """
 
 
@@ -63,7 +64,7 @@ def ppl(model, data, field, text_format, seq_len, max_windows, batch_size, devic
 
 
 @command.command("run")
-@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.argument("models", nargs=-1, type=click.Path())
 @click.option("--tasks", default="piqa,winogrande,arc_easy,arc_challenge,boolq,openbookqa", show_default=True,
               help="Comma list of: piqa, winogrande, arc_easy, arc_challenge, boolq, openbookqa, hellaswag, gsm8k, ppl.")
 @click.option("--data-dir", multiple=True, type=click.Path(),
@@ -80,6 +81,10 @@ def ppl(model, data, field, text_format, seq_len, max_windows, batch_size, devic
 @seq_len_option(2048)
 @click.option("--max-windows", type=int, default=None, help="ppl: score only the first N windows.")
 @click.option("--names", default=None, help="Comma list of labels for the models in the table (default: folder names).")
+@click.option("--ensemble", multiple=True, metavar="M1,M2[,M3]",
+              help="Models fused at decoding time, one row of the table (generation tasks only). Repeatable.")
+@click.option("--fusion", type=click.Choice(["cool-fusion", "cool-fusion+r"]), default="cool-fusion", show_default=True,
+              help="How an --ensemble decodes: Cool-Fusion, or Cool-Fusion with the +R rerank.")
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Folder for eval.json, results.md and results.png (written atomically).")
 @force_option
@@ -88,7 +93,7 @@ def ppl(model, data, field, text_format, seq_len, max_windows, batch_size, devic
 @dtype_option("auto")
 @json_option
 def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, max_gen_toks, chat_template, data,
-        text_format, seq_len, max_windows, names, output, force, seed, device, dtype, as_json):
+        text_format, seq_len, max_windows, names, ensemble, fusion, output, force, seed, device, dtype, as_json):
     """Score MODEL(s) on lm-eval tasks (local data) and perplexity; one comparison table."""
     from compress import progress
     from compress.eval.run import evaluate, summary
@@ -97,7 +102,8 @@ def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, max_
                    num_fewshot=num_fewshot, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
                    chat_template=chat_template, max_gen_toks=max_gen_toks, data=data, text_format=text_format, seq_len=seq_len,
                    max_windows=max_windows,
-                   names=[n.strip() for n in names.split(",")] if names else None, output=output, force=force)
+                   names=[n.strip() for n in names.split(",")] if names else None, output=output, force=force,
+                   ensembles=list(ensemble) or None, fusion=fusion)
     if as_json:
         emit_json(summary(res))
     progress.console.print(res["markdown"], highlight=False, markup=False, soft_wrap=True)

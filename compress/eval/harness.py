@@ -81,8 +81,9 @@ def quiet_lm_eval() -> None:
 def run_lm_eval(model: torch.nn.Module, tokenizer: Any, data: list[TaskData], *, limit: int | None = None,
                 num_fewshot: int | None = None, batch_size: int = 1, seed: int = 1234,
                 chat_template: bool = False, max_gen_toks: int | None = None,
-                log_items: bool = True) -> dict[str, TaskResult]:
-    """Score `model` on the lm-eval tasks in `data`; returns {task: TaskResult}."""
+                log_items: bool = True, lm: Any = None) -> dict[str, TaskResult]:
+    """Score `model` on the lm-eval tasks in `data`; returns {task: TaskResult}. `lm`: an lm-eval model to
+    score instead (e.g. the fused decoder of `compress.fuse.lm_eval_model`)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -93,7 +94,8 @@ def run_lm_eval(model: torch.nn.Module, tokenizer: Any, data: list[TaskData], *,
         raise CompressError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
     quiet_lm_eval()
     cfgs = {d.task: task_config(d) for d in data}
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    if lm is None:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     try:
         out = lm_eval.simple_evaluate(
             model=lm, tasks=list(cfgs.values()), num_fewshot=num_fewshot, limit=limit,

@@ -193,9 +193,13 @@ def task_records(lm_tasks: list[TaskData], ppl_file: Path | None, seq_len: int, 
     return out
 
 
-def plan(models, tasks, *, data_dir, task_data, data, names, seq_len, max_windows, text_format) -> Plan:
+def plan(models, tasks, *, data_dir, task_data, data, names, seq_len, max_windows, text_format,
+         ensembles: list[list[str]] = ()) -> Plan:
     model_list = [str(models)] if isinstance(models, str | os.PathLike) else [str(m) for m in models]
-    if not model_list:
+    for members in ensembles:
+        for m in members:
+            check_model(m)
+    if not model_list and not ensembles:
         raise CompressError("no model given: compress eval MODEL [MODEL...] --tasks ...")
     task_list = parse_tasks(tasks)
     for m in model_list:  # a missing folder, a non-model, a mask whose base moved: refused before any work
@@ -298,23 +302,38 @@ def evaluate(
     output: str | os.PathLike[str] | None = None,
     force: bool = False,
     hash_models: bool = True,
+    ensembles: list[str] | list[list[str]] | None = None,
+    fusion: str = "cool-fusion",
 ) -> dict[str, Any]:
     """Evaluate one or more model folders on lm-eval tasks (local data) and/or perplexity.
 
     Returns the eval.json record: settings, versions, per-task configs, per-model results (with
     per-item outputs), and the comparison table (change against the first model). With `output`,
     writes eval.json, results.md and results.png there atomically. `text_format` is how the ppl task's
-    text file is read (see `compress.perplexity`).
+    text file is read (see `compress.perplexity`). `ensembles` ("M1,M2" or [M1, M2] each) add one row per
+    ensemble: its models fused at decoding time (`fusion`: cool-fusion or cool-fusion+r; generation tasks
+    only, see `compress.fuse.lm_eval_model`).
     """
     check_options(limit, num_fewshot, max_gen_toks, max_windows, batch_size, text_format)
     dtype = dtype_setting(dtype)
+    ens = _ensembles(ensembles, fusion)
     p = plan(models, tasks, data_dir=data_dir, task_data=task_data, data=data, names=names, seq_len=seq_len,
-             max_windows=max_windows, text_format=text_format)
+             max_windows=max_windows, text_format=text_format, ensembles=ens)
+    if ens:
+        from compress.fuse.lm_eval_model import check_generation_tasks
+
+        check_generation_tasks(p.tasks, {td.task: load_task_yaml(td.task) for td in p.lm_tasks})
     if output is not None:
-        check_output(output, p.models, force)
+        check_output(output, p.models + [m for e in ens for m in e], force)
     opts = Scoring(device, dtype, limit, num_fewshot, batch_size, seed, chat_template, max_gen_toks, seq_len,
                    ppl_batch_size, max_windows, text_format)
     records = [score_model(p, path, label, opts, hash_models) for path, label in zip(p.models, p.labels, strict=True)]
+    for members in ens:
+        from compress.eval.ensemble import score_ensemble
+
+        records.append(score_ensemble(members, _names(members, None), fusion, p.lm_tasks, device=device, dtype=dtype,
+                                      limit=limit, num_fewshot=num_fewshot, seed=seed, chat_template=chat_template,
+                                      max_gen_toks=max_gen_toks))
     hoist_task_configs(p, records)
     table = build_table(records, p.tasks)
     for rec, row in zip(records, table["rows"], strict=True):
@@ -327,7 +346,7 @@ def evaluate(
         "versions": _versions(),
         "settings": {"tasks": p.tasks, "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
                      "device": device, "dtype": dtype, "seed": seed, "chat_template": chat_template,
-                     "max_gen_toks": max_gen_toks,
+                     "max_gen_toks": max_gen_toks, **({"ensembles": ens, "fusion": fusion} if ens else {}),
                      "metric_policy": METRIC_POLICY, "average": "unweighted mean of the accuracy tasks, percent"},
         "tasks": p.task_info,
         "models": records,
@@ -337,6 +356,16 @@ def evaluate(
     if output is not None:
         write_outputs(result, output, p.models, force)
     return result
+
+
+def _ensembles(ensembles: list[str] | list[list[str]] | None, fusion: str) -> list[list[str]]:
+    if not ensembles:
+        return []
+    from compress.fuse.lm_eval_model import FUSIONS, parse_ensemble
+
+    if fusion not in FUSIONS:
+        raise CompressError(f"unknown --fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
+    return [parse_ensemble(e) if isinstance(e, str) else [str(m) for m in e] for e in ensembles]
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
