@@ -138,17 +138,21 @@ def align_texts(p_tokens: list[bytes], p_start: np.ndarray, p_end: np.ndarray,
     p_bytes, s_bytes = content_bytes(p_tokens, p_start, p_end), content_bytes(s_tokens, s_start, s_end)
     sm = difflib.SequenceMatcher(None, p_bytes, s_bytes, autojunk=False)
     pos = np.full(len(s_bytes) + 1, -1, np.int64)  # source byte position -> pivot byte position
+    eq = np.zeros(len(s_bytes) + 1, np.int64)  # eq[j]: 1 when source byte j lies in an equal block
     blocks = []
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
             pos[j1: j2 + 1] = np.arange(i1, i2 + 1)
+            eq[j1:j2] = 1
         else:
             blocks.append((i1, i2, j1, j2))
+    n_eq = np.concatenate([[0], np.cumsum(eq)])
     ms, me = np.full(len(s_start), -1, np.int64), np.full(len(s_start), -1, np.int64)
     ok = s_start >= 0
     ms[ok], me[ok] = pos[s_start[ok]], pos[s_end[ok]]
     good = (ms >= 0) & (me > ms)
-    # a span maps only if every byte of it lies in one equal block
+    # a span maps only if every byte of it lies in an equal block, and the mapped span is as long
+    good &= ok & (n_eq[np.maximum(s_end, 0)] - n_eq[np.maximum(s_start, 0)] == s_end - s_start)
     good &= (me - ms) == (s_end - s_start)
     ali = align_spans(p_start, p_end, np.where(good, ms, -1), np.where(good, me, -1))
     for i1, i2, j1, j2 in blocks:

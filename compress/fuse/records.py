@@ -27,10 +27,10 @@ from typing import Any
 
 from compress.errors import CompressError
 
-PLAIN_TEMPLATE = (
-    "{% for m in messages %}{% if not loop.first %}\n\n{% endif %}"
+PLAIN_TEMPLATE = (  # newlines as expressions: chat templates are rendered with trim_blocks
+    "{% for m in messages %}{% if not loop.first %}{{ '\\n\\n' }}{% endif %}"
     "{{ 'User' if m['role'] == 'user' else ('Assistant' if m['role'] == 'assistant' else 'System') }}: "
-    "{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}\n\nAssistant: {% endif %}"
+    "{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}{{ '\\n\\nAssistant: ' }}{% endif %}"
 )
 PLAIN_NAME = "plain (compress: 'User: ...\\n\\nAssistant: ...' + EOS)"
 TEXT_SUFFIXES = (".txt", ".raw", ".tokens", ".text")
