@@ -190,12 +190,13 @@ def evaluate(forward, examples: list[PreferenceExample], pad_id: int, ref_logps:
     on chosen responses — forward KL to the teacher and top-1 agreement with it."""
     if not examples:
         return {}
-    wins, nll, ntok, kl, agree, nkl = 0.0, 0.0, 0, 0.0, 0.0, 0
+    wins, nll, ntok, kl, agree, nkl, n_pairs = 0.0, 0.0, 0, 0.0, 0.0, 0, 0
     for b0 in range(0, len(examples), batch_size):
         exs = examples[b0: b0 + batch_size]
         idx = torch.tensor([e.index for e in exs])
         lp = {}
-        for s in ("chosen", "rejected"):
+        pairs = all("rejected" in e.responses for e in exs)  # SFT-style data (fuse train) has no rejected
+        for s in ("chosen", "rejected") if pairs else ("chosen",):
             b = collate_slot(exs, s, pad_id)
             lg = forward(b)
             lp[s] = sequence_logps(lg, b.targets, b.lengths).cpu()
@@ -212,10 +213,14 @@ def evaluate(forward, examples: list[PreferenceExample], pad_id: int, ref_logps:
                         kl += float(L.topk_kd_tokens(lg, sg.ids.to(dev), sg.logprobs.to(dev), sg.rest.to(dev)).sum())
                         agree += float((lg.argmax(-1) == sg.ids[:, 0].to(dev)).float().sum())
                         nkl += lg.shape[0]
-        rw = lp["chosen"] - ref_logps["chosen"][idx]
-        rl = lp["rejected"] - ref_logps["rejected"][idx]
-        wins += float((rw > rl).float().sum())
-    out = {"pref_acc": wins / len(examples), "chosen_nll": nll / max(ntok, 1)}
+        if pairs:
+            rw = lp["chosen"] - ref_logps["chosen"][idx]
+            rl = lp["rejected"] - ref_logps["rejected"][idx]
+            wins += float((rw > rl).float().sum())
+            n_pairs += len(exs)
+    out = {"chosen_nll": nll / max(ntok, 1)}
+    if n_pairs:
+        out["pref_acc"] = wins / n_pairs
     if nkl:
         out["kl_teacher"] = kl / nkl
         out["agree_teacher"] = agree / nkl
@@ -233,6 +238,8 @@ def reference_logps(model: torch.nn.Module, examples: list[PreferenceExample], p
         exs = examples[b0: b0 + batch_size]
         idx = torch.tensor([e.index for e in exs])
         for s in ("chosen", "rejected"):
+            if not all(s in e.responses for e in exs):  # SFT-style data (fuse train): no pairs
+                continue
             b = collate_slot(exs, s, pad_id)
             out[s][idx] = sequence_logps(response_logits(model, b), b.targets, b.lengths).float().cpu()
         if advance:
@@ -269,8 +276,14 @@ def _save_state(accelerator, folder: Path, step: int, state: dict[str, Any], kee
 def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output: str | os.PathLike[str],
           cfg: DistillConfig, *, teacher: str | None = None, ref_teacher: str | None = None,
           teacher_cache: str | None = None, ref_model: str | None = None, checkpoint_dir: str | None = None,
-          resume: bool = False, force: bool = False, device: str = "cpu") -> dict[str, Any]:
-    """Train `student` on preference pairs in `data` with `cfg.method`; write the result to `output`."""
+          resume: bool = False, force: bool = False, device: str = "cpu", dataset: PreferenceData | None = None,
+          signal=None, inputs_extra: tuple[str, ...] | list[str] = (), recipe_extra: dict[str, Any] | None = None,
+          tags: tuple[str, ...] = ("distill",), method_name: str | None = None) -> dict[str, Any]:
+    """Train `student` on preference pairs in `data` with `cfg.method`; write the result to `output`.
+
+    `dataset` (pairs already read) and `signal` (a teacher signal: `.signals(examples, batch, slot)`) let
+    another method family run this loop on its own data and targets (`compress fuse train`); `tags`,
+    `method_name` and `recipe_extra` go into the output's provenance."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
@@ -284,9 +297,10 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
     cfg.validate()
     m = cfg.method
     inputs = [str(student), str(data)] + [p for p in (teacher, ref_teacher, ref_model, teacher_cache) if p]
+    inputs += [str(p) for p in inputs_extra]
     parse_device(device)  # refuses mps/meta, and cuda without a GPU, before any work
     check_output(output, inputs, force)
-    if m in TEACHER_SLOTS and not (teacher or teacher_cache):
+    if m in TEACHER_SLOTS and not (teacher or teacher_cache or signal is not None):
         raise CompressError(f"--method {m} needs a teacher: give --teacher MODEL or --teacher-cache FOLDER")
     if m in ("adpa", "adpa+") and teacher and not ref_teacher and not teacher_cache:
         raise CompressError(f"--method {m} needs the reference teacher (the DPO teacher's SFT starting point): "
@@ -306,7 +320,8 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
     ck = Checkpoint(student)
     tok = load_tokenizer(student)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    ds: PreferenceData = read_preference(data, tok, cfg.max_length, cfg.max_prompt_length, cfg.long_prompt, cfg.limit)
+    ds: PreferenceData = dataset if dataset is not None else read_preference(
+        data, tok, cfg.max_length, cfg.max_prompt_length, cfg.long_prompt, cfg.limit)
     if ds.skipped_long:
         progress.warn(f"skipped {ds.skipped_long} pairs whose prompt is longer than {ds.options['max_prompt_length']} tokens")
     for s in METHOD_SLOTS[m]:
@@ -320,8 +335,7 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
 
     # teacher signal
     tdtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-    signal = None
-    if m in TEACHER_SLOTS or teacher or teacher_cache:
+    if signal is None and (m in TEACHER_SLOTS or teacher or teacher_cache):
         if teacher_cache:
             signal = CachedTeacher(teacher_cache, ds, tok, TEACHER_SLOTS.get(m, ("chosen",)),
                                    need_ref=m in ("adpa", "adpa+"), teacher_path=teacher)
@@ -444,7 +458,8 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
               "skipped_long_prompts": ds.skipped_long, "final_loss": history[-1]["loss"] if history else None,
               "eval": final_eval, "output": str(output)}
     if accelerator.is_main_process:
-        _save_student(ck, student, output, state_dict, cfg, inputs, force, result, history,
+        _save_student(ck, student, output, state_dict, cfg, inputs, force, result, history, tags=tags,
+                      method_name=method_name, recipe_extra=recipe_extra or {},
                       teacher=teacher, ref_teacher=ref_teacher, teacher_cache=teacher_cache)
     accelerator.wait_for_everyone()
     return result
@@ -468,7 +483,8 @@ def _result_table(result: dict[str, Any]) -> str:
 
 
 def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg: DistillConfig, inputs,
-                  force: bool, result: dict[str, Any], history, **sources) -> None:
+                  force: bool, result: dict[str, Any], history, tags: tuple[str, ...] = ("distill",),
+                  method_name: str | None = None, recipe_extra: dict[str, Any] | None = None, **sources) -> None:
     from compress.arch.remote_code import pruned_modeling_files
     from compress.checkpoint import TensorSpec, save_checkpoint
 
@@ -484,11 +500,11 @@ def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg:
             w.write(n, sd[n].detach().to("cpu", ck.info(n).dtype).contiguous())
 
     recipe = {"method": cfg.method, **{k: v for k, v in asdict(cfg).items() if k != "extra"}, **cfg.extra,
-              **{k: (str(v) if v else None) for k, v in sources.items()}}
+              **{k: (str(v) if v else None) for k, v in sources.items()}, **(recipe_extra or {})}
     config, code = pruned_modeling_files(dict(ck.config), names)  # modelling code from the package only
     save_checkpoint(output, specs, produce, config=config, inputs=inputs, side_files=ck.side_files(),
                     force=force, recipe=recipe, files=code,
-                    extra={"result": result, "history": history[-200:]}, method=cfg.method, tags=("distill",),
+                    extra={"result": result, "history": history[-200:]}, method=method_name or cfg.method, tags=tags,
                     report=_result_table(result))
 
 
