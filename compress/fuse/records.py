@@ -179,7 +179,7 @@ class Renderer:
             char_byte.append(char_byte[-1] + len(ch.encode("utf-8", "surrogatepass")))
         b0, b1 = char_byte[c0], char_byte[c1]
         pos, starts, ends = 0, [], []
-        for tid, (cs, ce) in zip(ids, offsets, strict=True):
+        for tid, (_, ce) in zip(ids, offsets, strict=True):
             nb = len(self.view.token_bytes(tid))
             if nb == 0:
                 pos = max(pos, char_byte[ce])

@@ -35,7 +35,7 @@ from compress.fuse.records import Record, Rendered, Renderer, read_records
 
 REP_FORMAT = "compress-fuse-rep/1"
 RECORDS_PER_SHARD = 64
-LOGIT_BUDGET = 1 << 26  # fp32 logits per LM-head chunk (256 MB): 256 rows of a 262k vocabulary
+LOGIT_BUDGET = 1 << 24  # fp32 logits per LM-head chunk (64 MB): 64 rows of a 262k vocabulary
 SEQ_KEYS = ("record_hash", "record_line", "content_hash", "content_bytes", "ce_token", "ce_byte", "prompt_len")
 TOK_KEYS = ("ids", "logprobs", "rest_logprob", "labels", "label_logprob", "byte_start", "byte_end")
 

@@ -30,9 +30,9 @@ def test_text_record_spans_by_hand(pair):
     assert _toks(smol, p.prompt) == ["Hi"] and _toks(gemma, s.prompt) == ["<bos>"]
     # SmolLM2 splits 日 (E6 97 A5) over three byte-level tokens, the first with the space
     assert _toks(smol, p.labels) == ["ĠcafÃ©", "Ġæ", "Ĺ", "¥", "æľ¬", "Ċ", "Ċ", "x"]
-    assert list(zip(p.starts, p.ends)) == [(2, 8), (8, 10), (10, 11), (11, 12), (12, 15), (15, 16), (16, 17), (17, 18)]
+    assert list(zip(p.starts, p.ends, strict=True)) == [(2, 8), (8, 10), (10, 11), (11, 12), (12, 15), (15, 16), (16, 17), (17, 18)]
     assert _toks(gemma, s.labels) == ["Hi", "▁café", "▁日本", "\n\n", "x"]
-    assert list(zip(s.starts, s.ends)) == [(0, 2), (2, 8), (8, 15), (15, 17), (17, 18)]
+    assert list(zip(s.starts, s.ends, strict=True)) == [(0, 2), (2, 8), (8, 15), (15, 17), (17, 18)]
     ali = align_spans(np.array(p.starts), np.array(p.ends), np.array(s.starts), np.array(s.ends))
     assert ali.src.tolist() == [1, 2, -1, -1, -1, 3, -1, 4]
     assert ali.kind.tolist() == [ONE_TO_ONE] + [MANY_TO_ONE] * 4 + [MANY_TO_ONE] * 2 + [ONE_TO_ONE]
@@ -43,7 +43,7 @@ def test_byte_fallback_tokens_align(pair):
     rec = Record(1, 0, text="z\u0378 y")  # an unassigned code point: Gemma spells it with <0xCD><0xB8>
     p, s = smol.render(rec), gemma.render(rec)
     assert _toks(gemma, s.labels)[:3] == ["z", "<0xCD>", "<0xB8>"]
-    assert list(zip(s.starts, s.ends))[:3] == [(0, 1), (1, 2), (2, 3)]
+    assert list(zip(s.starts, s.ends, strict=True))[:3] == [(0, 1), (1, 2), (2, 3)]
     ali = align_spans(np.array(p.starts), np.array(p.ends), np.array(s.starts), np.array(s.ends))
     # every SmolLM2 label starting where a Gemma label starts takes that distribution
     for t, u in enumerate(ali.src):
