@@ -11,7 +11,7 @@ A recipe (YAML):
         run: fuse train {pivot} --data {data} --pivot-rep {rep-pivot} --source {aligned}
       - name: eval
         run: eval run {merged} --tasks gsm8k
-        output: file                  # -o OUT/stages/eval.json; `none` gives no -o
+        output: none                  # no -o; stdout is kept in OUT/logs/eval.stdout (JSON recorded)
 
 `run` is a compress command line (a string split like a shell, or a list). `{name}` is a variable or
 the output of an earlier stage: each stage writes `-o OUT/stages/NAME`, an ordinary folder. Stages
@@ -154,6 +154,14 @@ def _provenance(path: str | None) -> dict[str, Any] | None:
     return {"file": p.name, "exists": p.exists()}
 
 
+def _stdout_json(log: Path) -> dict[str, Any] | None:
+    """A stage without an output folder: its `--json` answer, when it printed one."""
+    try:
+        return {"stdout_json": json.loads(log.read_text(encoding="utf-8"))}
+    except (OSError, ValueError):
+        return None
+
+
 def _check_out(out: Path, recipe: Recipe, force: bool) -> dict[str, Any] | None:
     """The previous state of OUT (resume), None for a fresh run; refuses a folder that is not a pipeline."""
     import shutil
@@ -214,8 +222,12 @@ def run_recipe(recipe_path: str | os.PathLike[str], output: str | os.PathLike[st
         progress.info(f"stage {s['name']}: compress {shlex.join(s['argv'])}")
         t0, c0 = time.perf_counter(), os.times()
         cmd = [python or sys.executable, "-m", "compress", *s["argv"]]
-        proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[2])] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])})
+        log = out / "logs" / f"{s['name']}.stdout"
+        log.parent.mkdir(exist_ok=True)
+        with open(log, "w", encoding="utf-8") as fh:
+            proc = subprocess.run(cmd, stdout=fh, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).resolve().parents[2])] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])})
+        rec["stdout"] = str(log)
         c1 = os.times()
         rec.update({"exit": proc.returncode, "wall_s": time.perf_counter() - t0,
                     "cpu_s": (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)})
@@ -224,7 +236,7 @@ def run_recipe(recipe_path: str | os.PathLike[str], output: str | os.PathLike[st
             replace_file(out / "pipeline.json", json.dumps(state, indent=2))
             raise CompressError(f"stage {s['name']!r} failed (exit {proc.returncode}); fix it and run the same command "
                                 "again to resume from this stage")
-        rec.update({"status": "done", "provenance": _provenance(s["output"])})
+        rec.update({"status": "done", "provenance": _provenance(s["output"]) or _stdout_json(log)})
         replace_file(out / "pipeline.json", json.dumps(state, indent=2))
     state["final"] = next((s["output"] for s in reversed(stages) if s["output"]), None)
     replace_file(out / "pipeline.json", json.dumps(state, indent=2))
