@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import click
 
-from compress.cli.options import device_option, dtype_option, emit_json, force_option, json_option, output_option
+from compress.cli.options import (
+    device_option,
+    dtype_option,
+    emit_json,
+    force_option,
+    json_option,
+    output_option,
+)
 
 LOOP_OPTIONS = (
     ("--lr", float, 5e-6, "Peak learning rate (AdamW; FuseChat: 5e-6)."),
