@@ -43,6 +43,15 @@ LAYER_EXCEPTIONS = {
         "the removals of a `--export mask` folder are applied in memory (function-level import)",
     ("compress.eval.inspect", "compress.prune.maskfile"):
         "inspecting a `--export mask` folder reports its base with the removed blocks taken out",
+    # explicit fusion is built from distillation's pieces rather than beside them (function-level imports)
+    ("compress.fuse.represent", "compress.distill.forward"):
+        "a representation is the teacher cache's forward: hidden states at response positions only",
+    ("compress.fuse.represent", "compress.distill.losses"):
+        "a representation stores the teacher cache's top-k + rest (topk_from_logits)",
+    ("compress.fuse.represent", "compress.distill.teacher"): "the one vocabulary hash of the teacher cache",
+    ("compress.fuse.aligned", "compress.distill.teacher"): "the one vocabulary hash of the teacher cache",
+    ("compress.fuse.train", "compress.distill.teacher"): "fused targets are a teacher signal (Signals)",
+    ("compress.fuse.train", "compress.distill.train"): "fuse train runs the distill training loop",
 }
 # Cycles still to be broken (none left); every other cycle fails.
 CYCLE_EXCEPTIONS: dict[frozenset[str], str] = {}

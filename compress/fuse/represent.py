@@ -210,7 +210,8 @@ def represent(model_path: str | os.PathLike[str], data: str | os.PathLike[str], 
 
     from compress import progress
     from compress.checkpoint.atomic import atomic_dir, check_checkpoint_dir, check_output
-    from compress.distill.teacher import model_hash, vocab_hash
+    from compress.checkpoint.hashing import weights_hash as model_hash
+    from compress.distill.teacher import vocab_hash
     from compress.model import load_model, load_tokenizer
     from compress.model.device import parse_device
 

@@ -47,7 +47,7 @@ class FusedTeacher:
 
 
 def _check_pivot(pivot: str, rep: Rep) -> None:
-    from compress.distill.teacher import model_hash
+    from compress.checkpoint.hashing import weights_hash as model_hash
 
     if rep.meta.get("model_hash") != model_hash(pivot):
         raise CompressError(f"{rep.folder} was made by {rep.meta.get('model')}, not by {pivot}: "
