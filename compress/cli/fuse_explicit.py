@@ -121,24 +121,37 @@ def train_cmd():
     @click.option("--fusion-loss", type=click.Choice(["ce", "kl"]), default="ce", show_default=True,
                   help="ce: soft CE on the renormalised targets (FuseLLM); kl: KL with the rest bucket.")
     @click.option("--no-pivot-candidate", is_flag=True, help="Fuse the sources only (not the pivot's own distribution).")
+    @click.option("--select", type=click.Choice(["mince", "progressive"]), default="mince", show_default=True,
+                  help="mince: the lowest-CE model per record (training mode); progressive: ProFuser, the model whose "
+                  "own greedy answer scores best first (inference mode), then training mode.")
+    @click.option("--scorer", default=None, help="ProFuser's judge: gsm8k, choice, rm:FOLDER or implicit:DPO_MODEL,REFERENCE.")
+    @click.option("--infer-fraction", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+                  help="ProFuser: share of the steps in inference mode (stage 1).")
+    @click.option("--gen-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+                  help="ProFuser: longest greedy answer of each model.")
     @_loop_opts
     @device_option
     @force_option
     @json_option
     def train(pivot, data, pivot_rep, sources, output, fusion, lam, ce_unit, fusion_loss, no_pivot_candidate,
-              resume, checkpoint_dir, device, force, as_json, **loop):
+              select, scorer, infer_fraction, gen_tokens, resume, checkpoint_dir, device, force, as_json, **loop):
         """Train PIVOT with λ·CE + (1−λ)·fusion loss over the fused sparse targets (the distill loop)."""
         from compress import progress
         from compress.fuse.train import fuse_train
 
         res = fuse_train(pivot, data, output, pivot_rep=pivot_rep, sources=list(sources), fusion=fusion, lam=lam,
-                         ce_unit=ce_unit, loss=fusion_loss, with_pivot=not no_pivot_candidate, force=force,
+                         ce_unit=ce_unit, loss=fusion_loss, with_pivot=not no_pivot_candidate, select=select,
+                         scorer=scorer, infer_fraction=infer_fraction, gen_tokens=gen_tokens, force=force,
                          device=device, resume=resume, checkpoint_dir=checkpoint_dir, **loop)
         if as_json:
             emit_json(res)
         else:
             progress.info(f"wrote {output}: {res['steps']} steps, final loss {res['final_loss']}; MinCE choices "
                           f"{res['chosen_by_mince']}")
+            if "profuser" in res:
+                pr = res["profuser"]
+                progress.info(f"ProFuser: the two modes chose different models for {pr['disagree']} of {pr['records']} "
+                              f"records ({pr['disagree_share']:.1%}); switch at step {pr['switch_step']}")
 
     return train
 

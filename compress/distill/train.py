@@ -414,6 +414,8 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
             skip = 0
             for exs in it:
                 batches_in_epoch += 1
+                if hasattr(signal, "set_step"):  # a teacher signal with a schedule (fuse train --select progressive)
+                    signal.set_step(step)
                 with accelerator.accumulate(fwd):
                     with accelerator.autocast():
                         loss, metrics = batch_loss(cfg, fwd, exs, pad_id, signal, ref_lp)

@@ -54,7 +54,8 @@ class Candidate:
 class FusedTargets:
     """The fused sparse target of every pivot label row, built per record on demand."""
 
-    def __init__(self, candidates: list[Candidate], offsets: torch.Tensor, fusion: str = "min-ce"):
+    def __init__(self, candidates: list[Candidate], offsets: torch.Tensor, fusion: str = "min-ce",
+                 infer_choice: torch.Tensor | None = None, progressive=None):
         if fusion not in FUSIONS:
             raise CompressError(f"unknown fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
         if not candidates:
@@ -65,6 +66,12 @@ class FusedTargets:
         self.weights = avgce_weights(self.ce)
         self.width = sum(c.ids.shape[1] for c in candidates) if fusion == "avg-ce" else max(
             c.ids.shape[1] for c in candidates)
+        # ProFuser: the inference-mode choice per record and the schedule (`profuser.Progressive`)
+        self.infer_choice, self.progressive = infer_choice, progressive
+        if progressive is not None:
+            if fusion != "min-ce" or infer_choice is None:
+                raise CompressError("progressive selection needs --fusion min-ce and the inference-mode choices")
+            self.width *= 2
 
     def chosen_counts(self) -> dict[str, int]:
         """How many records each candidate wins under MinCE."""
@@ -74,7 +81,9 @@ class FusedTargets:
     def record(self, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ids [n, width], log p [n, width], rest [n]) for the labels of record r."""
         a, b = int(self.offsets[r]), int(self.offsets[r + 1])
-        if self.fusion == "min-ce":
+        if self.progressive is not None:
+            ids, lp, rest = self._progressive(r, a, b)
+        elif self.fusion == "min-ce":
             c = self.cands[int(self.choice[r])]
             ids, lp, rest = c.ids[a:b].long(), c.logprobs[a:b].float(), c.rest[a:b].float()
         else:
@@ -82,7 +91,21 @@ class FusedTargets:
             w = self.weights[r].log()[None, :].expand(b - a, -1)
             ids, lp, rest = mix(parts, w)
         pad = self.width - ids.shape[1]
+        if pad < 0:
+            raise CompressError(f"fused target of record {r} is wider than {self.width} slots")
         if pad > 0:
             ids = torch.cat([ids, ids[:, :1].expand(-1, pad)], -1)
             lp = torch.cat([lp, torch.full((lp.shape[0], pad), float("-inf"))], -1)
         return ids, lp, rest
+
+    def _progressive(self, r: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ProFuser's target: the inference-mode choice, then 0.1·P_infer + P_train (normalised)."""
+        w_infer, w_train = self.progressive.weights()
+        ci, ct = int(self.infer_choice[r]), int(self.choice[r])
+        if w_train == 0.0 or ci == ct:
+            c = self.cands[ci if w_train == 0.0 else ct]
+            return c.ids[a:b].long(), c.logprobs[a:b].float(), c.rest[a:b].float()
+        parts = [(c.ids[a:b].long(), c.logprobs[a:b].float(), c.rest[a:b].float())
+                 for c in (self.cands[ci], self.cands[ct])]
+        w = torch.log(torch.tensor([[w_infer, w_train]])).expand(b - a, -1)
+        return mix(parts, w)

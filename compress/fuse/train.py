@@ -34,6 +34,11 @@ class FusedTeacher:
         self.targets, self.record_of, self.labels, self.offsets = targets, record_of, labels, offsets
         self.has_ref = False
 
+    def set_step(self, step: int) -> None:
+        """The optimizer step about to run (the ProFuser schedule reads it)."""
+        if self.targets.progressive is not None:
+            self.targets.progressive.step = step
+
     def signals(self, examples, batch, slot: str):
         from compress.distill.teacher import Signals
 
@@ -112,6 +117,7 @@ def _candidates(pivot_rep: Rep, sources: list[str], ce_unit: str, with_pivot: bo
 def fuse_train(pivot: str | os.PathLike[str], data: str | os.PathLike[str], output: str | os.PathLike[str], *,
                pivot_rep: str, sources: list[str], fusion: str = "min-ce", lam: float = 0.9,
                ce_unit: str | None = None, loss: str = "ce", with_pivot: bool = True,
+               select: str = "mince", scorer=None, infer_fraction: float = 0.3, gen_tokens: int = 256,
                force: bool = False, device: str = "cpu", resume: bool = False, checkpoint_dir: str | None = None,
                **options: Any) -> dict[str, Any]:
     """Train PIVOT into a fused target (see the module docstring); `options` are distill's DistillConfig fields."""
@@ -145,14 +151,77 @@ def fuse_train(pivot: str | os.PathLike[str], data: str | os.PathLike[str], outp
     ds, record_of, skipped = _dataset(str(pivot), str(data), rep, tok)
     if skipped:
         progress.warn(f"skipped {skipped} records with no response token within --max-length {rep.meta['max_length']}")
-    targets = FusedTargets(_candidates(rep, list(sources), unit, with_pivot), rep.offsets, fusion)
+    cands = _candidates(rep, list(sources), unit, with_pivot)
+    targets = FusedTargets(cands, rep.offsets, fusion)
+    report = None
+    if select == "progressive":
+        targets, report = _progressive(targets, cands, str(pivot), list(sources), with_pivot, str(data), scorer,
+                                       infer_fraction, gen_tokens, device, _total_steps(len(ds.examples), options))
+    elif select != "mince":
+        raise CompressError(f"unknown --select {select!r}: choose mince or progressive")
     teacher = FusedTeacher(targets, record_of, rep.tok["labels"], rep.offsets)
     cfg = DistillConfig(method="kd", w_sft=lam, w_distill=1.0 - lam, missing_mass=FUSION_LOSSES[loss],
                         kd_direction="forward", max_length=int(rep.meta["max_length"]), **options)
     fuse_recipe = {"fusion": fusion, "lam": lam, "ce_unit": unit, "loss": loss, "pivot_candidate": with_pivot,
                    "pivot_rep": str(pivot_rep), "sources": [str(s) for s in sources],
-                   "records_skipped_no_labels": skipped, "chosen_by_mince": targets.chosen_counts()}
+                   "records_skipped_no_labels": skipped, "chosen_by_mince": targets.chosen_counts(),
+                   "select": select, **({"profuser": report} if report else {})}
     result = distill_train(pivot, data, output, cfg, force=force, device=device, resume=resume,
                            checkpoint_dir=checkpoint_dir, dataset=ds, signal=teacher, inputs_extra=inputs[2:],
                            recipe_extra={"fuse": fuse_recipe}, tags=("fuse",), method_name=f"fuse-{fusion}")
     return {**result, **fuse_recipe}
+
+
+def _total_steps(n_examples: int, options: dict[str, Any]) -> int:
+    """Optimizer steps of the run, as the distill loop counts them."""
+    import math
+
+    if options.get("max_steps"):
+        return int(options["max_steps"])
+    n_train = n_examples - min(int(options.get("eval_pairs", 0) or 0), n_examples - 1)
+    per_epoch = max(1, math.ceil(math.ceil(n_train / int(options.get("batch_size", 2))) / int(options.get("grad_accum", 1))))
+    return per_epoch * int(options.get("epochs", 1))
+
+
+def _progressive(targets: FusedTargets, cands: list[Candidate], pivot: str, sources: list[str], with_pivot: bool,
+                 data: str, scorer, infer_fraction: float, gen_tokens: int, device: str, total: int):
+    """ProFuser: every candidate answers every prompt greedily, the scorer picks the inference-mode model."""
+    from compress.fuse.aligned import read_aligned
+    from compress.fuse.profuser import (
+        Progressive,
+        answers_for,
+        disagreement,
+        inference_choice,
+        score_candidates,
+    )
+    from compress.fuse.records import read_records
+
+    if scorer is None:
+        raise CompressError("--select progressive needs a --scorer (gsm8k, choice, a DPO model pair or a reward model)")
+    if isinstance(scorer, str):
+        scorer = make_scorer(scorer, device)
+    if not 0.0 <= infer_fraction <= 1.0:
+        raise CompressError(f"--infer-fraction must lie in [0, 1], got {infer_fraction}")
+    records = read_records(data, int(targets.offsets.numel() - 1))
+    models = ([pivot] if with_pivot else []) + [read_aligned(s)[0]["source_model"] for s in sources]
+    answers = [answers_for(m, records, gen_tokens, 4, device) for m in models]
+    scores = score_candidates(scorer, records, answers)
+    infer = inference_choice(scores, targets.choice)
+    out = FusedTargets(cands, targets.offsets, "min-ce", infer, Progressive(total, infer_fraction))
+    report = {**disagreement(infer, targets.choice, [c.name for c in cands]), "scorer": getattr(scorer, "name", str(scorer)),
+              "switch_step": out.progressive.switch, "mean_scores": scores.mean(0).tolist()}
+    return out, report
+
+
+def make_scorer(spec: str, device: str = "cpu"):
+    """A scorer from its command-line spelling: gsm8k, choice, rm:FOLDER, or implicit:DPO_MODEL,REFERENCE."""
+    from compress.fuse import scorers
+
+    if spec in ("gsm8k", "choice"):
+        return scorers.make_verifier(spec)
+    if spec.startswith("rm:"):
+        return scorers.RewardModel(spec[3:], device=device)
+    if spec.startswith("implicit:") and "," in spec:
+        dpo, ref = spec[len("implicit:"):].split(",", 1)
+        return scorers.ImplicitReward(dpo, ref, device=device)
+    raise CompressError(f"unknown scorer {spec!r}: gsm8k, choice, rm:FOLDER or implicit:DPO_MODEL,REFERENCE")

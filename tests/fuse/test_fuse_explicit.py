@@ -249,3 +249,44 @@ def test_recipe_checks_and_resume(world, tmp_path):
     assert all(s.get("resumed") for s in again["stages"])
     saved = json.loads((tmp_path / "out" / "pipeline.json").read_text())
     assert saved["final"].endswith("stages/self") and (tmp_path / "out" / "recipe.yml").is_file()
+
+
+def test_profuser_choice_schedule_and_report(world, tmp_path):
+    from compress.fuse.profuser import Progressive, inference_choice
+    from compress.fuse.train import fuse_train
+
+    scores = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.5], [0.2, 0.2]])
+    mince = torch.tensor([1, 1, 0, 0])
+    assert inference_choice(scores, mince).tolist() == [0, 1, 1, 0]  # ties go to the MinCE choice
+    pg = Progressive(10, 0.3)
+    assert pg.switch == 3 and pg.weights() == (1.0, 0.0)
+    pg.step = 3
+    assert pg.weights() == pytest.approx((0.1 / 1.1, 1 / 1.1))
+    # stage 1 takes the inference-mode model's rows, stage 2 mixes 0.1·P_infer + P_train
+    a = Candidate("a", torch.tensor([[0, 1]]), torch.log(torch.tensor([[0.5, 0.5]])), torch.tensor([-30.0]), torch.tensor([1.0]))
+    b = Candidate("b", torch.tensor([[2, 3]]), torch.log(torch.tensor([[0.9, 0.1]])), torch.tensor([-30.0]), torch.tensor([0.5]))
+    t = FusedTargets([a, b], torch.tensor([0, 1]), "min-ce", torch.tensor([0]), Progressive(10, 0.5))
+    ids, lp, _ = t.record(0)
+    assert set(ids[0][lp[0] > -1e9].tolist()) == {0, 1}
+    t.progressive.step = 5
+    ids, lp, _ = t.record(0)
+    got = torch.zeros(4).scatter_add_(0, ids[0], lp[0].exp())
+    want = (0.1 * torch.tensor([0.5, 0.5, 0, 0]) + torch.tensor([0, 0, 0.9, 0.1])) / 1.1
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+    class LongerIsBetter:  # a deterministic judge for the test: the longer answer wins
+        name, kind, units = "length", "reward", "characters"
+
+        def check(self, refs):
+            pass
+
+        def score(self, prompts, responses, refs):
+            return [float(len(r)) for r in responses]
+
+    res = fuse_train(world["pivot"], world["data"], tmp_path / "pf", pivot_rep=str(world["root"] / "rep-pivot"),
+                     sources=[str(world["root"] / "aligned")], select="progressive", scorer=LongerIsBetter(),
+                     infer_fraction=0.5, gen_tokens=8, max_steps=2, batch_size=3)
+    pr = res["profuser"]
+    assert pr["records"] == len(RECORDS) and pr["switch_step"] == 1
+    assert 0 <= pr["disagree"] <= len(RECORDS)
+    assert sum(pr["inference_mode"].values()) == len(RECORDS) == sum(pr["training_mode"].values())
