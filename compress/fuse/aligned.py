@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from compress.errors import CompressError
-from compress.fuse.align import KINDS, ONE_TO_ONE, align_spans, align_texts, coverage_counts
+from compress.fuse.align import KINDS, ONE_TO_ONE, Alignment, align_spans, align_texts, coverage_counts
 from compress.fuse.represent import Rep, read_rep
 from compress.fuse.sparse import NEG_INF, merge_duplicates, onehot
 from compress.fuse.vocabmap import EDIT, EXACT, VocabMap
@@ -129,7 +129,7 @@ def build_aligned(piv: Rep, src: Rep, pview, sview, kind: str = "mined") -> tupl
                                        src.tok["rest_logprob"][srow].float(), vmap)
         ids[has], lp[has], rest[has] = mi, ml, mr
     total_mass = sum(mass.values()) or 1.0
-    counts = coverage_counts_all(kinds, rows)
+    counts = coverage_counts(Alignment(rows, kinds))
     n = max(len(rows), 1)
     table = vmap.table()
     report = {
@@ -147,12 +147,6 @@ def build_aligned(piv: Rep, src: Rep, pview, sview, kind: str = "mined") -> tupl
                "offsets": piv.offsets.clone(), "record_hash": piv.seq["record_hash"].clone(),
                "ce_token": src.seq["ce_token"].clone(), "ce_byte": src.seq["ce_byte"].clone()}
     return tensors, report, vmap
-
-
-def coverage_counts_all(kinds: np.ndarray, rows: np.ndarray) -> dict[str, int]:
-    from compress.fuse.align import Alignment
-
-    return coverage_counts(Alignment(rows, kinds))
 
 
 def align(pivot_rep: str | os.PathLike[str], source_rep: str | os.PathLike[str], output: str | os.PathLike[str],

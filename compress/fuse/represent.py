@@ -238,7 +238,8 @@ def represent(model_path: str | os.PathLike[str], data: str | os.PathLike[str], 
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     if mine:
         model = load_model(model_path, state.device if state.num_processes > 1 else device, dtype)
-        with progress.progress_bar(f"represent {Path(model_path).name}", len(mine) * RECORDS_PER_SHARD) as adv:
+        todo = sum(len(records[s * RECORDS_PER_SHARD: (s + 1) * RECORDS_PER_SHARD]) for s in mine)
+        with progress.progress_bar(f"represent {Path(model_path).name}", todo) as adv:
             for s in mine:
                 recs = records[s * RECORDS_PER_SHARD: (s + 1) * RECORDS_PER_SHARD]
                 items = [truncate(renderer.render(r), st.max_length) for r in recs]

@@ -217,6 +217,17 @@ def test_bad_inputs_are_one_error(world, tmp_path):
     code = main(["fuse", "train", str(w["source"]), "--data", str(w["data"]), "--pivot-rep",
                  str(w["root"] / "rep-pivot"), "--source", str(w["root"] / "aligned"), "-o", str(tmp_path / "t")])
     assert code == 1 and not (tmp_path / "t").exists()
+    # a source whose model folder lost its tokenizer
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(w["source"], bare)
+    represent(bare, w["data"], tmp_path / "rep-bare", w["st"])
+    for f in bare.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            f.unlink()
+    with pytest.raises(CompressError, match="no tokenizer files"):
+        align(w["root"] / "rep-pivot", tmp_path / "rep-bare", tmp_path / "x")
     # every chat prompt longer than --max-length: all records skipped is an error, not a NaN
     chats = tmp_path / "chats.jsonl"
     chats.write_text("".join(json.dumps(r) + "\n" for r in RECORDS if "text" not in r))
