@@ -56,17 +56,20 @@ def represent_cmd():
                   help="Prompt + response tokens; responses are cut to fit.")
     @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
     @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N records.")
+    @click.option("--shard-records", type=click.IntRange(min=1), default=64, show_default=True,
+                  help="Records per shard: the unit of resuming and of the split between processes.")
     @device_option
     @dtype_option("auto")
     @force_option
     @json_option
-    def represent(model, data, output, k, max_length, batch_size, limit, device, dtype, force, as_json):
+    def represent(model, data, output, k, max_length, batch_size, limit, shard_records, device, dtype, force, as_json):
         """Teacher-forced top-k log-probs of MODEL on every record (resumable; data-parallel under accelerate)."""
         from compress import progress
         from compress.fuse.represent import RepSettings
         from compress.fuse.represent import represent as run
 
-        res = run(model, data, output, RepSettings(k, max_length, batch_size, limit), device=device, dtype=dtype,
+        res = run(model, data, output, RepSettings(k, max_length, batch_size, limit, shard_records), device=device,
+                  dtype=dtype,
                   force=force)
         if as_json:
             emit_json(res)

@@ -46,6 +46,7 @@ class RepSettings:
     max_length: int = 1024
     batch_size: int = 4
     limit: int | None = None
+    shard_records: int | None = None  # records per shard (default RECORDS_PER_SHARD)
 
 
 def _chunk_rows(vocab: int) -> int:
@@ -153,7 +154,8 @@ def _fingerprint(model_path: str, model_hash: str, data: str, records: list[Reco
 
     h = hashlib.sha256(json.dumps([r.digest for r in records]).encode()).hexdigest()
     return {"format": REP_FORMAT, "model_hash": model_hash, "data_hash": h, "k": st.k, "max_length": st.max_length,
-            "n_records": len(records), "chat_template": renderer.template, "records_per_shard": RECORDS_PER_SHARD}
+            "n_records": len(records), "chat_template": renderer.template,
+            "records_per_shard": st.shard_records or RECORDS_PER_SHARD}
 
 
 def _partial_dir(output: str | os.PathLike[str]) -> Path:
@@ -232,16 +234,17 @@ def represent(model_path: str | os.PathLike[str], data: str | os.PathLike[str], 
     fp = _fingerprint(str(model_path), mhash, str(data), records, st, renderer)
     _prepare_partial(part, fp, force, main)
     state.wait_for_everyone()
-    n_shards = (len(records) + RECORDS_PER_SHARD - 1) // RECORDS_PER_SHARD
+    per = st.shard_records or RECORDS_PER_SHARD
+    n_shards = (len(records) + per - 1) // per
     names = [f"shard-{s:05d}.safetensors" for s in range(n_shards)]
     mine = [s for s in range(n_shards) if s % state.num_processes == state.process_index and not (part / names[s]).exists()]
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     if mine:
         model = load_model(model_path, state.device if state.num_processes > 1 else device, dtype)
-        todo = sum(len(records[s * RECORDS_PER_SHARD: (s + 1) * RECORDS_PER_SHARD]) for s in mine)
+        todo = sum(len(records[s * per: (s + 1) * per]) for s in mine)
         with progress.progress_bar(f"represent {Path(model_path).name}", todo) as adv:
             for s in mine:
-                recs = records[s * RECORDS_PER_SHARD: (s + 1) * RECORDS_PER_SHARD]
+                recs = records[s * per: (s + 1) * per]
                 items = [truncate(renderer.render(r), st.max_length) for r in recs]
                 tensors = shard_tensors(model, recs, items, st.k, st.batch_size, pad)
                 _save_shard_file(tensors, part / names[s])
