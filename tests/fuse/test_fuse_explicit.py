@@ -301,3 +301,19 @@ def test_profuser_choice_schedule_and_report(world, tmp_path):
     assert pr["records"] == len(RECORDS) and pr["switch_step"] == 1
     assert 0 <= pr["disagree"] <= len(RECORDS)
     assert sum(pr["inference_mode"].values()) == len(RECORDS) == sum(pr["training_mode"].values())
+
+
+def test_align_cli_json_report(world, tmp_path, capsys):
+    from compress.cli import main
+
+    out = tmp_path / "al"
+    assert main(["fuse", "align", str(world["root"] / "rep-pivot"), str(world["root"] / "rep-source"), "-o", str(out),
+                 "--vocab-map", "ms", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    cov = rep["coverage"]
+    assert set(cov) == {"unaligned", "one_to_one", "one_to_many", "many_to_one", "many_to_many", "dtw"}
+    assert sum(cov.values()) == pytest.approx(1.0)
+    assert sum(rep["topk_mass"].values()) == pytest.approx(1.0)
+    assert rep["vocab_map"] == "ms" and (out / "vocab_map.safetensors").is_file()
+    # an existing output is never replaced without --force
+    assert main(["fuse", "align", str(world["root"] / "rep-pivot"), str(world["root"] / "rep-source"), "-o", str(out)]) == 1
