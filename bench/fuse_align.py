@@ -128,6 +128,23 @@ def bench(name: str, recs: list[Record], piv: Renderer, src: Renderer, maps: dic
     return out
 
 
+def topk_mass(specs: list[str]) -> dict:
+    """Alignment reports (`fuse align`, nothing written) for every --vocab-map on representation pairs."""
+    from compress.fuse.aligned import build_aligned, view_of
+    from compress.fuse.represent import read_rep
+
+    out: dict = {}
+    for spec in specs:
+        name, reps = spec.split("=", 1)
+        piv, src = (read_rep(p) for p in reps.split(","))
+        pv, sv = view_of(piv, "pivot"), view_of(src, "source")
+        out[name] = {}
+        for k in ("exact", "mined", "ms"):
+            _, report, _ = build_aligned(piv, src, pv, sv, k)
+            out[name][k] = report
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pivot", default="/work/models/smollm2")
@@ -136,7 +153,21 @@ def main() -> None:
     ap.add_argument("--chat", type=int, default=300)
     ap.add_argument("--max-tokens", type=int, default=256, help="Labels per record (as --max-length would cut).")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuse_align.json"))
+    ap.add_argument("--mass", action="append", default=[], metavar="NAME=PIVOT_REP,SOURCE_REP",
+                    help="Also the top-k probability mass mapped per --vocab-map, from two representations.")
     args = ap.parse_args()
+    if args.mass:
+        masses = topk_mass(args.mass)
+        prev = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+        prev["topk_mass"] = masses
+        Path(args.out).write_text(json.dumps(prev, indent=2) + "\n")
+        print("| data | pivot tokens | --vocab-map | with a source distribution | top-k mass exact | edit | lost |")
+        print("|---|---|---|---|---|---|---|")
+        for name, by in masses.items():
+            for k, r in by.items():
+                print(f"| {name} | {r['pivot_tokens']} | {k} | {r['with_source_distribution']:.3f} | "
+                      f"{r['topk_mass']['exact']:.3f} | {r['topk_mass']['edit']:.3f} | {r['topk_mass']['lost']:.3f} |")
+        return
     from compress.model import load_tokenizer
 
     piv, src = Renderer(load_tokenizer(args.pivot), "pivot"), Renderer(load_tokenizer(args.source), "source")
