@@ -49,6 +49,16 @@ LAYER_EXCEPTIONS = {
         "`eval --ensemble` scores the Cool-Fusion decoder as an lm-eval model (FusedLM)",
     ("compress.eval.ensemble", "compress.fuse.cool_fusion"):
         "`eval --ensemble` builds the Cool-Fusion decoder of its members",
+    # explicit fusion is built from distillation's pieces rather than beside them (function-level imports)
+    ("compress.fuse.represent", "compress.distill.forward"):
+        "a representation is the teacher cache's forward: hidden states at response positions only",
+    ("compress.fuse.represent", "compress.distill.losses"):
+        "a representation stores the teacher cache's top-k + rest (topk_from_logits)",
+    ("compress.fuse.represent", "compress.distill.teacher"): "the one vocabulary hash of the teacher cache",
+    ("compress.fuse.aligned", "compress.distill.teacher"): "the one vocabulary hash of the teacher cache",
+    ("compress.fuse.train", "compress.distill.teacher"): "fused targets are a teacher signal (Signals)",
+    ("compress.fuse.train", "compress.distill.train"): "fuse train runs the distill training loop",
+    ("compress.fuse.profuser", "compress.distill.generate"): "ProFuser's greedy answers: distill's batched generation",
 }
 # Cycles still to be broken (none left); every other cycle fails.
 CYCLE_EXCEPTIONS: dict[frozenset[str], str] = {}

@@ -92,6 +92,8 @@ def _try_flock(fd: int) -> bool | None:
 
 def acquire(out: Path) -> None:
     """Take the lock of output `out` (re-entrant within a process); CompressError when another run holds it."""
+    if os.environ.get("RANK", "0") != "0":  # a worker of a distributed run: its rank 0 holds the run's lock
+        return
     path = lock_path(out)
     if path in _held:
         return

@@ -18,6 +18,10 @@ def command():
 
     \b
     compress fuse generate --method cool-fusion M1 M2 --data prompts.jsonl -o answers.jsonl
+    compress fuse represent MODEL --data D -o REP
+    compress fuse align PIVOT_REP SOURCE_REP -o ALIGNED
+    compress fuse train PIVOT --data D --pivot-rep REP --source ALIGNED -o TARGET
+    compress fuse run RECIPE.yml -o OUT
     """
 
 
@@ -70,3 +74,12 @@ def generate(models, method, prompt, data, field, output, segment, rerank, max_n
             click.echo(rec["answer"])
     else:
         progress.info(f"wrote {len(records)} answers to {output}")
+
+
+def _register_explicit() -> None:
+    from compress.cli.fuse_explicit import register
+
+    register(command)
+
+
+_register_explicit()

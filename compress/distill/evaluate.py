@@ -18,12 +18,13 @@ def evaluate(forward, examples: list[PreferenceExample], pad_id: int, ref_logps:
     on chosen responses — forward KL to the teacher and top-1 agreement with it."""
     if not examples:
         return {}
-    wins, nll, ntok, kl, agree, nkl = 0.0, 0.0, 0, 0.0, 0.0, 0
+    wins, nll, ntok, kl, agree, nkl, n_pairs = 0.0, 0.0, 0, 0.0, 0.0, 0, 0
     for b0 in range(0, len(examples), batch_size):
         exs = examples[b0: b0 + batch_size]
         idx = torch.tensor([e.index for e in exs])
         lp = {}
-        for s in ("chosen", "rejected"):
+        pairs = all("rejected" in e.responses for e in exs)  # SFT-style data (fuse train) has no rejected
+        for s in ("chosen", "rejected") if pairs else ("chosen",):
             b = collate_slot(exs, s, pad_id)
             lg = forward(b)
             lp[s] = sequence_logps(lg, b.targets, b.lengths).cpu()
@@ -42,10 +43,14 @@ def evaluate(forward, examples: list[PreferenceExample], pad_id: int, ref_logps:
                                      else L.topk_kd_tokens(lg, sg.ids, sg.logprobs, sg.rest)).sum())
                         agree += float((lg.argmax(-1) == sg.ids[:, 0].to(dev)).float().sum())
                         nkl += lg.shape[0]
-        rw = lp["chosen"] - ref_logps["chosen"][idx]
-        rl = lp["rejected"] - ref_logps["rejected"][idx]
-        wins += float((rw > rl).float().sum())
-    out = {"pref_acc": wins / len(examples), "chosen_nll": nll / max(ntok, 1)}
+        if pairs:
+            rw = lp["chosen"] - ref_logps["chosen"][idx]
+            rl = lp["rejected"] - ref_logps["rejected"][idx]
+            wins += float((rw > rl).float().sum())
+            n_pairs += len(exs)
+    out = {"chosen_nll": nll / max(ntok, 1)}
+    if n_pairs:
+        out["pref_acc"] = wins / n_pairs
     if nkl:
         out["kl_teacher"] = kl / nkl
         out["agree_teacher"] = agree / nkl
@@ -63,6 +68,8 @@ def reference_logps(model: torch.nn.Module, examples: list[PreferenceExample], p
         exs = examples[b0: b0 + batch_size]
         idx = torch.tensor([e.index for e in exs])
         for s in ("chosen", "rejected"):
+            if not all(s in e.responses for e in exs):  # SFT-style data (fuse train): no pairs
+                continue
             b = collate_slot(exs, s, pad_id)
             out[s][idx] = sequence_sums(response_token_logps(model, b), b.lengths).float().cpu()
         if advance:

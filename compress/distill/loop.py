@@ -71,6 +71,8 @@ class Loop:
         t0, c0 = time.perf_counter(), time.process_time()
         for examples in batches:
             done += 1
+            if hasattr(self.teacher, "set_step"):  # a teacher signal with a schedule (fuse train --select progressive)
+                self.teacher.set_step(self.step)
             loss, metrics = self._micro_step(examples)
             losses.append(loss)
             tokens += batch_tokens(examples, self.cfg.method)

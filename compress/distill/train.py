@@ -69,8 +69,8 @@ class _ResponseForward(torch.nn.Module):
 
 # ---------------------------------------------------------------- checks before any work
 
-def _check_sources(cfg: DistillConfig, spec: MethodSpec, src: Sources) -> None:
-    if spec.teacher_slots and not (src.teacher or src.teacher_cache):
+def _check_sources(cfg: DistillConfig, spec: MethodSpec, src: Sources, external_signal: bool = False) -> None:
+    if spec.teacher_slots and not (src.teacher or src.teacher_cache or external_signal):
         raise CompressError(f"--method {spec.name} needs a teacher: give --teacher MODEL or --teacher-cache FOLDER")
     if cfg.k == 0 and spec.ref_teacher:
         raise CompressError(f"--k 0 (the teacher's full distribution) is for kd and dckd: --method {spec.name} needs "
@@ -101,11 +101,12 @@ def _accelerator(cfg: DistillConfig, dev: torch.device):
 
 # ---------------------------------------------------------------- inputs
 
-def _read_pairs(cfg: DistillConfig, data, tok, spec: MethodSpec
+def _read_pairs(cfg: DistillConfig, data, tok, spec: MethodSpec, dataset: PreferenceData | None = None
                 ) -> tuple[PreferenceData, list[PreferenceExample], list[PreferenceExample]]:
     from compress import progress
 
-    ds = read_preference(data, tok, cfg.max_length, cfg.max_prompt_length, cfg.long_prompt, cfg.limit)
+    ds = dataset if dataset is not None else read_preference(data, tok, cfg.max_length, cfg.max_prompt_length,
+                                                             cfg.long_prompt, cfg.limit)
     if ds.skipped_long:
         progress.warn(f"skipped {ds.skipped_long} pairs whose prompt is longer than {ds.options['max_prompt_length']} tokens")
     for s in spec.slots:
@@ -201,8 +202,15 @@ def _resume(loop: Loop, parts: state.Parts, ckpt_dir: Path, fp: dict[str, Any]) 
 def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output: str | os.PathLike[str],
           cfg: DistillConfig, *, teacher: str | None = None, ref_teacher: str | None = None,
           teacher_cache: str | None = None, ref_model: str | None = None, checkpoint_dir: str | None = None,
-          resume: bool = False, force: bool = False, device: str = "cpu") -> dict[str, Any]:
-    """Train `student` on preference pairs in `data` with `cfg.method`; write the result to `output`."""
+          resume: bool = False, force: bool = False, device: str = "cpu", dataset: PreferenceData | None = None,
+          signal=None, inputs_extra: tuple[str, ...] | list[str] = (), recipe_extra: dict[str, Any] | None = None,
+          tags: tuple[str, ...] = ("distill",), method_name: str | None = None) -> dict[str, Any]:
+    """Train `student` on preference pairs in `data` with `cfg.method`; write the result to `output`.
+
+    `dataset` (pairs already read) and `signal` (a teacher signal: `.signals(examples, batch, slot)`, with
+    an optional `.set_step(step)` schedule) let another method family run this loop on its own data and
+    targets (`compress fuse train`); `recipe_extra` joins the resume fingerprint and the provenance,
+    with `tags` and `method_name`."""
     from accelerate.utils import set_seed
 
     from compress.checkpoint.atomic import check_checkpoint_dir, check_output
@@ -211,9 +219,9 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
 
     cfg = DistillConfig.model_validate(cfg.model_dump(include=set(DistillConfig.model_fields)))
     spec, src = METHODS[cfg.method], Sources(teacher, ref_teacher, teacher_cache, ref_model)
-    inputs = [str(student), str(data), *src.paths()]
+    inputs = [str(student), str(data), *src.paths(), *map(str, inputs_extra)]
     check_output(output, inputs, force)
-    _check_sources(cfg, spec, src)
+    _check_sources(cfg, spec, src, external_signal=signal is not None)
     ckpt_dir = check_checkpoint_dir(checkpoint_dir or str(output) + ".checkpoints", inputs, output)
     if cfg.save_every and not resume:
         state.start_fresh(ckpt_dir, force)
@@ -221,16 +229,17 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
     set_seed(cfg.seed)
     ck, tok = Checkpoint(student), load_tokenizer(student)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    ds, train_ex, eval_ex = _read_pairs(cfg, data, tok, spec)
+    ds, train_ex, eval_ex = _read_pairs(cfg, data, tok, spec, dataset)
     if cfg.method == "adpa+":
         _warn_not_dckd(student)
-    signal = _teacher_signal(cfg, spec, ds, tok, acc.device, src)
+    if signal is None:
+        signal = _teacher_signal(cfg, spec, ds, tok, acc.device, src)
     model = load_model(student, "cpu", "fp32")
     ref_lp = _reference(cfg, spec, model, ds, eval_ex, pad_id, tok, acc.device, ref_model)
     loop, parts = _build_loop(cfg, acc, model, train_ex, pad_id, signal, ref_lp)
     fp = None
     if cfg.save_every or resume:
-        fp = state.fingerprint(cfg.result_options(), ds.fingerprint(spec.slots), str(student), teacher=teacher,
+        fp = state.fingerprint({**cfg.result_options(), **(recipe_extra or {})}, ds.fingerprint(spec.slots), str(student), teacher=teacher,
                                ref_teacher=ref_teacher, teacher_cache=teacher_cache, ref_model=ref_model,
                                world_size=acc.num_processes)
         loop.save = lambda step, pos: state.save(parts, ckpt_dir, step, pos, fp, cfg.keep_checkpoints, inputs)
@@ -252,7 +261,8 @@ def train(student: str | os.PathLike[str], data: str | os.PathLike[str], output:
               "skipped_long_prompts": ds.skipped_long, "final_loss": history[-1]["loss"] if history else None,
               "eval": final_eval, "output": str(output)}
     if acc.is_main_process:
-        _save_student(ck, student, output, state_dict, cfg, inputs, force, result, history, src)
+        _save_student(ck, student, output, state_dict, cfg, inputs, force, result, history, src,
+                      tags=tags, method_name=method_name, recipe_extra=recipe_extra)
     acc.wait_for_everyone()
     return result
 
@@ -276,7 +286,8 @@ def _result_table(result: dict[str, Any]) -> str:
 
 
 def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg: DistillConfig, inputs,
-                  force: bool, result: dict[str, Any], history, src: Sources) -> None:
+                  force: bool, result: dict[str, Any], history, src: Sources, tags: tuple[str, ...] = ("distill",),
+                  method_name: str | None = None, recipe_extra: dict[str, Any] | None = None) -> None:
     from compress.arch.remote_code import pruned_modeling_files
     from compress.checkpoint import TensorSpec, save_checkpoint
 
@@ -292,11 +303,11 @@ def _save_student(ck, student, output, state_dict: dict[str, torch.Tensor], cfg:
             w.write(n, sd[n].detach().to("cpu", ck.info(n).dtype).contiguous())
 
     recipe = {**cfg.model_dump(), "dpo_beta": cfg.dpo_beta if METHODS[cfg.method].dpo_reference else None,
-              **{k: (str(v) if v else None) for k, v in vars(src).items()}}
+              **{k: (str(v) if v else None) for k, v in vars(src).items()}, **(recipe_extra or {})}
     config, code = pruned_modeling_files(dict(ck.config), names)  # modelling code from the package only
     save_checkpoint(output, specs, produce, config=config, inputs=inputs, side_files=ck.side_files(),
                     force=force, recipe=recipe, files=code,
-                    extra={"result": result, "history": history[-200:]}, method=cfg.method, tags=("distill",),
+                    extra={"result": result, "history": history[-200:]}, method=method_name or cfg.method, tags=tags,
                     report=_result_table(result))
 
 
