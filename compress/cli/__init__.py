@@ -27,6 +27,7 @@ COMMANDS = {
     "prune": "prune",
     "merge": "merge",
     "distill": "distill",
+    "fuse": "fuse",
 }
 
 
