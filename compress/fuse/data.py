@@ -94,7 +94,14 @@ def build_data(prompts_path: str | os.PathLike[str], output: str | os.PathLike[s
     if verifier is None and not (cfg.reward_model or cfg.implicit_reward):
         raise CompressError("nothing scores the responses: give --verifier, --reward-model or --implicit-reward")
     if verifier is not None:
-        verifier.check([p.reference for p in prompts])
+        for p in prompts:
+            if p.reference is None:
+                raise CompressError(f"prompt {p.id} (line {p.line}) has no reference: --verifier {cfg.verifier} "
+                                    "needs a 'reference' (or 'answer') in every record")
+            try:
+                verifier.check([p.reference])
+            except CompressError as e:
+                raise CompressError(f"prompt {p.id} (line {p.line}): {e}") from None
     if cfg.reward_model:
         from compress.fuse.scorers import reward_model_head
 

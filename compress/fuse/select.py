@@ -99,8 +99,6 @@ def source_pair(resps: list[Response], rules: Rules, salt: str) -> tuple[tuple[R
     else:
         ch, _ = pick(resps, rules, salt + "/chosen")
         rj, _ = pick(resps, rules, salt + "/rejected", worst=True)
-    if ch.text.strip() == rj.text.strip():
-        return None, "identical"
     m = _margin(ch, rj)
     if m is not None:
         if not verified and m <= 0:
@@ -108,6 +106,8 @@ def source_pair(resps: list[Response], rules: Rules, salt: str) -> tuple[tuple[R
         lo, hi = rules.margin
         if not lo <= m <= hi:
             return None, "margin_outside"
+    if ch.text.strip() == rj.text.strip():
+        return None, "identical"
     return (ch, rj), ""
 
 
