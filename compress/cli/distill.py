@@ -201,3 +201,8 @@ def generate_cmd(student, data, max_length, max_prompt_length, long_prompt, limi
         emit_json(res)
     else:
         progress.console.print(f"{len(resp)} student responses -> {path}", highlight=False)
+
+
+from compress.cli.distill_seft import command as _seft_command  # noqa: E402
+
+command.add_command(_seft_command)
