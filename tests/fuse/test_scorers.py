@@ -54,6 +54,10 @@ def test_choice_label(text, label):
 def test_choice_label_by_option_text_and_digits():
     assert choice_label("It is the sun that heats it", choices={"A": "the moon", "B": "the sun"}) == "B"
     assert choice_label("2", labels=("1", "2", "3", "4")) == "2"
+    yes_no = {"A": "yes", "B": "no"}
+    assert choice_label("No, it is not.", choices=yes_no) == "B"
+    assert choice_label("Yes, I know it is not", choices=yes_no) == "A"  # whole words: 'know' and 'not' hold no 'no'
+    assert choice_label("yes or no", choices=yes_no) is None
     v = ChoiceVerifier()
     assert v.score(["", "", ""], ["B", "1. first we note", "3"], ["B", "2", "3"]) == [1.0, 0.0, 1.0]
     with pytest.raises(CompressError, match="cannot score free text"):
