@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from fuse_implicit_data import DATA, GSM_INSTRUCTION, task_files, write_jsonl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--gsm8k-source", default=GSM8K_SOURCE)
     ap.add_argument("--gsm8k-steps", type=int, default=32)
     ap.add_argument("--work", default="/work/tmp_implicit/bench")
+    ap.add_argument("--only-eval", action="store_true", help="Evaluate the models that exist; train nothing.")
     ap.add_argument("--skip", default="", help="Comma list of rows not to train/evaluate (e.g. wrpo).")
     a = ap.parse_args()
     work = Path(a.work) / a.task
@@ -165,6 +166,8 @@ def main() -> None:
     pa, pb = write_jsonl(work / "A.jsonl", prompts[:k]), write_jsonl(work / "B.jsonl", prompts[k: a.prompts])
     evals = evals[: a.eval_items]
     src = a.gsm8k_source
+    if a.only_eval:
+        return run_eval(a, work, evals, plain_fmt, src, st)
     if not (Path(src) / "config.json").is_file():
         data = gsm8k_sft_file(work / "gsm8k_sft.jsonl", a.gsm8k_steps * a.batch_size)
         st.run("gsm8k-source", ["distill", "train", TARGET, "--method", "sft", "--data", str(data), "-o", src,
@@ -198,6 +201,11 @@ def main() -> None:
                         "--lr", str(a.sft_lr), "--max-steps", str(a.steps), "--batch-size", str(a.batch_size),
                         "--seed", str(a.seed), "--max-length", "512"] + [x for s in stop for x in ("--stop", s)],
                models / "seft" / "compress.json")
+    run_eval(a, work, evals, plain_fmt, src, st)
+
+
+def run_eval(a, work: Path, evals: list[dict], plain_fmt: str, src: str, st: Stages) -> None:
+    models, tsft = work / "models", work / "models" / "sft"
     rows = [("target", TARGET, None), ("source: gemma3", GEMMA, plain_fmt), ("source: smollm2-gsm8k", src, None),
             ("SFT (FuseChat-3.0 data)", str(tsft), None), ("SFT + LN-DPO (FuseChat-3.0)", str(models / "ln-dpo"), None),
             ("SFT + WRPO", str(models / "wrpo"), None), ("SFT + DPO (y_ws, y_l)", str(models / "dpo-ws"), None),
@@ -212,6 +220,8 @@ def main() -> None:
         results.append(evaluate(name, path, evals, a.task, fmt, work / "eval" / f"{slug}.jsonl"))
     builds = {}
     for b in ("build-a", "build-b"):
+        if not (work / b / "report.json").is_file():
+            continue
         rep = json.loads((work / b / "report.json").read_text())
         builds[b] = {k: rep.get(k) for k in ("prompts", "models", "sft", "dpo", "wrpo", "throughput")}
     out = {"task": a.task, "settings": vars(a), "eval_items": len(evals), "rows": results, "builds": builds,

@@ -80,6 +80,14 @@ def test_build_sets_and_report(fuse_models, tmp_path):
         assert w["scores"]["source_chosen"]["model"] != "target"
     assert report["throughput"]["responses"] == 24 and report["throughput"]["responses_per_s"] > 0
     assert "logit" in report["units"]["reward"]
+    from compress.data.preference import read_preference
+    from tests.fixtures import tiny_tokenizer
+
+    if sft:  # the format `compress distill train` reads: sft has chosen only, dpo chosen and rejected
+        d = read_preference(out / "sft.jsonl", tiny_tokenizer())
+        assert d.has("chosen") and not d.has("rejected")
+    if dpo:
+        assert read_preference(out / "dpo.jsonl", tiny_tokenizer()).has("rejected")
     prov = json.loads((out / "compress.json").read_text())
     assert prov["recipe"]["method"] == "fuse-data" and prov["report"]["prompts"] == 4
 
