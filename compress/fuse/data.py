@@ -121,7 +121,7 @@ def build_data(prompts_path: str | os.PathLike[str], output: str | os.PathLike[s
     if todo:
         reward = make_reward(cfg, device, dtype)
         models = {s.name: load_model(s.path, device, dtype) for s in specs}
-        with progress.progress_bar("fuse data", len(todo) * cfg.shard_size) as advance:
+        with progress.progress_bar("fuse data", sum(len(shards[k]) for k in todo)) as advance:
             for k in todo:
                 sh = build_shard(k, shards[k], specs, models, renders, verifier, reward, cfg)
                 replace_file(work_dir / f"shard-{k:05d}.jsonl", json.dumps(sh, ensure_ascii=False) + "\n")

@@ -299,7 +299,7 @@ class RewardModel:
         self.model.config.pad_token_id = pad
         self.chat = has_chat_template(self.tok)
         limit = getattr(self.model.config, "max_position_embeddings", None)
-        self.max_length = max_length or limit
+        self.max_length = min((x for x in (max_length, limit) if x), default=None)
         self.batch_size = batch_size
         self.name = f"rm:{Path(path).name}"
         self.units = (f"the logit of output {self.label} of {Path(path).name} ({arch}) for (prompt, response): "
