@@ -98,3 +98,8 @@ def generate_cmd(student, force, as_json, **values):
         emit_json(res)
     else:
         progress.console.print(f"{res['pairs']} student responses -> {res['output']}", highlight=False)
+
+
+from compress.cli.distill_seft import command as _seft_command  # noqa: E402
+
+command.add_command(_seft_command)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import click
 
+from compress.cli.fuse_data import command as data_command
 from compress.cli.options import (
     device_option,
     dtype_option,
@@ -22,6 +23,7 @@ def command():
     compress fuse align PIVOT_REP SOURCE_REP -o ALIGNED
     compress fuse train PIVOT --data D --pivot-rep REP --source ALIGNED -o TARGET
     compress fuse run RECIPE.yml -o OUT
+    compress fuse data prompts.jsonl -o data --source A --source B --target T --verifier gsm8k
     """
 
 
@@ -83,3 +85,6 @@ def _register_explicit() -> None:
 
 
 _register_explicit()
+
+
+command.add_command(data_command)

@@ -2,7 +2,8 @@
 
 Each line is one JSON object with:
 - `prompt` + `chosen` + `rejected`: strings, or chat messages (`prompt` a list of {role, content},
-  `chosen`/`rejected` an assistant message list or a string);
+  `chosen`/`rejected` an assistant message list or a string); `rejected` may be left out for methods
+  that read only `chosen` (sft: the SFT sets of `compress fuse data`);
 - or only `chosen` + `rejected` as full dialogues: chat message lists sharing the prompt turns, or
   Anthropic HH-RLHF strings (`\\n\\nHuman: ... \\n\\nAssistant: ...`), split at the last
   "\\n\\nAssistant:" into prompt and response;
@@ -32,6 +33,8 @@ from compress.errors import CompressError
 HH_ASSISTANT = "\n\nAssistant:"
 HH_HUMAN = "\n\nHuman:"
 SLOTS = ("chosen", "rejected", "generated")
+# slot <- record field, for records with a `prompt`
+RESPONSE_FIELDS = (("chosen", "chosen"), ("rejected", "rejected"), ("generated", "student_response"))
 LONG_PROMPT = ("skip", "error", "truncate")
 
 
@@ -102,15 +105,16 @@ def split_record(rec: Any, where: str) -> tuple[Any, dict[str, Any]]:
     """(prompt, {slot: response}) of one record, prompt/response as strings or message lists."""
     if not isinstance(rec, dict):
         raise CompressError(f"{where}: expected a JSON object with prompt, chosen and rejected")
+    if "prompt" in rec and "chosen" in rec:  # a prompt and its responses; rejected is optional (SFT data)
+        prompt = rec["prompt"]
+        resp = {s: rec[f] for s, f in RESPONSE_FIELDS if f in rec}
+        return prompt, resp
     for key in ("chosen", "rejected"):
         if key not in rec:
             raise CompressError(f"{where}: no field {key!r} (a preference pair needs chosen and rejected; it has {', '.join(rec)})")
     chosen, rejected = rec["chosen"], rec["rejected"]
     resp: dict[str, Any] = {}
-    if "prompt" in rec:
-        prompt = rec["prompt"]
-        resp = {"chosen": chosen, "rejected": rejected}
-    elif isinstance(chosen, str) and isinstance(rejected, str):
+    if isinstance(chosen, str) and isinstance(rejected, str):
         if HH_ASSISTANT not in chosen or HH_ASSISTANT not in rejected:
             raise CompressError(f"{where}: no 'prompt' field and the dialogues have no '\\n\\nAssistant:' turn to split at")
         cut_c, cut_r = chosen.rindex(HH_ASSISTANT), rejected.rindex(HH_ASSISTANT)

@@ -252,3 +252,31 @@ def ln_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_
     average_log_prob=False)`, i.e. summed log-probs with β = 0.01, which is `dpo_loss`'s form."""
     return dpo_loss(policy_chosen / len_chosen, policy_rejected / len_rejected, ref_chosen / len_chosen,
                     ref_rejected / len_rejected, beta=beta, label_smoothing=label_smoothing)
+
+
+def wrpo_alpha(step: int, total: int, alpha_max: float = 0.1, dynamic: bool = True) -> float:
+    """WRPO's weight of the source response at optimizer step `step` (steps done) of `total`:
+    α(step) = α_max · min(1, step / total) — the official dynamic schedule (`LinearDecayScheduler` from 0
+    to α_max over all optimizer steps, read at the trainer's global step), so α(0) = 0, the last update
+    uses α_max·(T−1)/T and α(T) = α_max. `dynamic=False` keeps α = α_max throughout."""
+    if not dynamic or total <= 0:
+        return alpha_max
+    return alpha_max * min(1.0, max(step, 0) / total)
+
+
+def wrpo_loss(policy_source: torch.Tensor, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+              ref_source: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, alpha: float,
+              beta: float = 0.01, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """WRPO (weighted-reward preference optimisation, ICLR 2025), per triple [B]:
+
+    L = −log σ( α·β·r(y_ws) + (1−α)·β·r(y_wt) − β·r(y_l) ),  r(y) = log π_θ(y|x) − log π_ref(y|x)
+
+    with y_ws the best source response, y_wt the target's best and y_l its worst; r is **summed** over
+    the response tokens (the official code's `get_batch_logps(average_log_prob=False)`); with label
+    smoothing ε the loss is −(1−ε)·log σ(h) − ε·log σ(−h) as in its trainer. At α = 0 this is DPO on
+    (y_wt, y_l). Returns (losses, β·weighted chosen reward, β·rejected reward), rewards detached."""
+    rs, rt, rl = policy_source - ref_source, policy_chosen - ref_chosen, policy_rejected - ref_rejected
+    chosen = alpha * rs + (1 - alpha) * rt
+    h = beta * (chosen - rl)
+    losses = -F.logsigmoid(h) * (1 - label_smoothing) - F.logsigmoid(-h) * label_smoothing
+    return losses, beta * chosen.detach(), beta * rl.detach()

@@ -79,14 +79,24 @@ def test_bad_input(tmp_path, tok):
     bad = _write(tmp_path / "bad.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}, "{not json"])
     with pytest.raises(CompressError, match="line 2 is not valid JSON"):
         read_preference(bad, tok)
-    missing = _write(tmp_path / "m.jsonl", [{"prompt": "a", "chosen": "b"}])
-    with pytest.raises(CompressError, match="line 1: no field 'rejected'"):
+    missing = _write(tmp_path / "m.jsonl", [{"prompt": "a", "rejected": "b"}])
+    with pytest.raises(CompressError, match="line 1: no field 'chosen'"):
         read_preference(missing, tok)
+    no_prompt = _write(tmp_path / "n.jsonl", [{"chosen": "\n\nHuman: a\n\nAssistant: b"}])
+    with pytest.raises(CompressError, match="line 1: no field 'rejected'"):
+        read_preference(no_prompt, tok)
     with pytest.raises(CompressError, match="not found"):
         read_preference(tmp_path / "nope.jsonl", tok)
     all_long = _write(tmp_path / "l.jsonl", [{"prompt": "x " * 100, "chosen": "b", "rejected": "c"}])
     with pytest.raises(CompressError, match="longer than"):
         read_preference(all_long, tok, max_length=16)
+
+
+def test_sft_records_without_rejected(tmp_path, tok):
+    """`prompt` + `chosen` alone (the SFT sets of `compress fuse data`): a chosen slot and no rejected one."""
+    d = read_preference(_write(tmp_path / "s.jsonl", [{"prompt": "a b", "chosen": "c d", "source": "gemma3"}]), tok)
+    assert d.has("chosen") and not d.has("rejected")
+    assert tok.decode(d.examples[0].responses["chosen"]).startswith("c d")
 
 
 def test_fingerprint_changes_with_data_and_length(tmp_path, tok):

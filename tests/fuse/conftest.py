@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.distill.conftest import distill_models  # noqa: F401  (the distill pair, for fuse data)
 from tests.fixtures import make_tiny_model
 
 
