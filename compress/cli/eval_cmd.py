@@ -62,7 +62,8 @@ def ppl(model, data, field, seq_len, max_windows, batch_size, device, dtype, as_
 @command.command("run")
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("--tasks", default="piqa,winogrande,arc_easy,arc_challenge,boolq,openbookqa", show_default=True,
-              help="Comma list of: piqa, winogrande, arc_easy, arc_challenge, boolq, openbookqa, hellaswag, gsm8k, ppl.")
+              help="Comma list of: piqa, winogrande, arc_easy, arc_challenge, boolq, openbookqa, hellaswag, gsm8k, ppl, "
+                   "socialbench_COLUMN_LANG and its groups (socialbench, socialbench_en, socialbench_ep, ...).")
 @click.option("--data-dir", multiple=True, type=click.Path(),
               help="Folder(s) holding the task data (layout of shared/data). Default: $COMPRESS_DATA, shared/data.")
 @click.option("--task-data", multiple=True, metavar="TASK=PATH",
@@ -71,7 +72,14 @@ def ppl(model, data, field, seq_len, max_windows, batch_size, device, dtype, as_
 @click.option("--num-fewshot", type=int, default=None, help="Few-shot examples (default: the task's, 0; gsm8k 5).")
 @click.option("--batch-size", type=int, default=1, show_default=True)
 @click.option("--max-gen-toks", type=int, default=None, help="Generation tasks (gsm8k): most new tokens (lm-eval: 256).")
-@click.option("--chat-template", is_flag=True, help="Wrap prompts in the model's chat template (off, as in the papers).")
+@click.option("--chat-template", is_flag=True, help="Wrap prompts in the model's chat template (off, as in the papers). "
+              "SocialBench always uses a model's chat template when it has one.")
+@click.option("--socialbench-mode", type=click.Choice(["generative", "loglik"]), default="generative", show_default=True,
+              help="SocialBench: generative (the paper's: the model writes its answer) or loglik (option letters "
+                   "scored by log-likelihood; memory columns stay generative).")
+@click.option("--prompt-source", type=click.Choice(["template", "instruction"]), default="template", show_default=True,
+              help="SocialBench prompts: the official dataset.py templates, or each item's own instruction text.")
+@click.option("--log-samples", is_flag=True, help="Also write every item's record (with its prompt) as JSONL under -o OUT/samples/.")
 @data_option(help="Text for the ppl task (default: wikitext-2-raw/wiki.test.raw in the data folder).")
 @seq_len_option(2048)
 @click.option("--max-windows", type=int, default=None, help="ppl: score only the first N windows.")
@@ -83,8 +91,8 @@ def ppl(model, data, field, seq_len, max_windows, batch_size, device, dtype, as_
 @device_option
 @dtype_option("auto")
 @json_option
-def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, max_gen_toks, chat_template, data, seq_len,
-        max_windows, names, output, force, seed, device, dtype, as_json):
+def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, max_gen_toks, chat_template, socialbench_mode,
+        prompt_source, log_samples, data, seq_len, max_windows, names, output, force, seed, device, dtype, as_json):
     """Score MODEL(s) on lm-eval tasks (local data) and perplexity; one comparison table."""
     from compress import progress
     from compress.eval.run import evaluate, summary
@@ -92,7 +100,8 @@ def run(models, tasks, data_dir, task_data, limit, num_fewshot, batch_size, max_
     res = evaluate(list(models), tasks, data_dir=list(data_dir) or None, task_data=list(task_data), limit=limit,
                    num_fewshot=num_fewshot, batch_size=batch_size, device=device, dtype=dtype, seed=seed,
                    chat_template=chat_template, max_gen_toks=max_gen_toks, data=data, seq_len=seq_len, max_windows=max_windows,
-                   names=[n.strip() for n in names.split(",")] if names else None, output=output, force=force)
+                   names=[n.strip() for n in names.split(",")] if names else None, output=output, force=force,
+                   socialbench_mode=socialbench_mode, prompt_source=prompt_source, log_samples=log_samples)
     if as_json:
         emit_json(summary(res))
     progress.console.print(res["markdown"], highlight=False, markup=False, soft_wrap=True)

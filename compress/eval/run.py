@@ -19,6 +19,7 @@ from compress.checkpoint.atomic import atomic_dir, check_output
 from compress.checkpoint.provenance import file_sha256
 from compress.checkpoint.reader import Checkpoint
 from compress.errors import CompressError
+from compress.eval import socialbench
 from compress.eval.report import bar_plot, build_table, markdown, model_hash
 from compress.eval.tasks import (
     LM_EVAL_TASKS,
@@ -30,6 +31,7 @@ from compress.eval.tasks import (
     parse_tasks,
     primary_metric,
     resolve_task_data,
+    task_data_paths,
 )
 from compress.progress import info
 
@@ -82,8 +84,9 @@ def parse_task_data(items: list[str] | tuple[str, ...] | dict[str, str] | None) 
         task = task.strip().lower()
         if not path:
             raise CompressError(f"--task-data {task!r}: write TASK=PATH, e.g. hellaswag=data/hellaswag_val.jsonl")
-        if task not in LM_EVAL_TASKS:
-            raise CompressError(f"--task-data: unknown task {task}: lm-eval tasks are {', '.join(LM_EVAL_TASKS)}")
+        if task not in LM_EVAL_TASKS and socialbench.expand(task) is None:
+            raise CompressError(f"--task-data: unknown task {task}: lm-eval tasks are {', '.join(LM_EVAL_TASKS)} "
+                                "and socialbench (or one of its groups)")
         out[task] = str(path)
     return out
 
@@ -110,6 +113,9 @@ def evaluate(
     output: str | os.PathLike[str] | None = None,
     force: bool = False,
     hash_models: bool = True,
+    socialbench_mode: str = "generative",
+    prompt_source: str = "template",
+    log_samples: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one or more model folders on lm-eval tasks (local data) and/or perplexity.
 
@@ -152,10 +158,13 @@ def evaluate(
                 raise CompressError(f"--data-dir {d} is not a folder")
     per_task = parse_task_data(task_data)
     lm_tasks = [t for t in task_list if t != PPL_TASK]
-    extra = sorted(set(per_task) - set(lm_tasks))
-    if extra:
-        raise CompressError(f"--task-data given for {', '.join(extra)}, which is not in --tasks {','.join(task_list)}")
+    per_task = task_data_paths(per_task, lm_tasks)
     resolved: list[TaskData] = [resolve_task_data(t, dirs, per_task.get(t)) for t in lm_tasks]
+    sb_data = [td for td in resolved if socialbench.is_task(td.task)]
+    for td in sb_data:
+        td.options.update(mode=socialbench_mode, prompt_source=prompt_source)
+    if log_samples and output is None:
+        raise CompressError("--log-samples writes the per-item logs into the output folder: give -o OUT")
     ppl_file = None
     if PPL_TASK in task_list:
         if data is None:
@@ -176,6 +185,12 @@ def evaluate(
 
     task_info: dict[str, Any] = {}
     for td in resolved:
+        if socialbench.is_task(td.task):
+            from compress.eval.socialbench.run import describe
+
+            task_info[td.task] = {"metric": "strict", "higher_is_better": True, **describe(td, limit),
+                                  "data": {k: {"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for k, v in td.files.items()}}
+            continue
         cfg = load_task_yaml(td.task)
         task_info[td.task] = {"metric": primary_metric(cfg), "higher_is_better": True,
                               "data": {k: {"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for k, v in td.files.items()}}
@@ -201,11 +216,19 @@ def evaluate(
         rec["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
         rec["loaded_parameters"] = sum(p.numel() for p in model.parameters())
         results: dict[str, Any] = {}
-        if resolved:
+        lm_data = [td for td in resolved if td not in sb_data]
+        if sb_data:
+            from compress.eval.socialbench.run import score_model
+
+            info(f"[{label}] socialbench ({socialbench_mode}): {', '.join(t.task for t in sb_data)}"
+                 + (f" (limit {limit})" if limit else ""))
+            results.update(score_model(model, tok, sb_data, limit=limit, batch_size=batch_size, seed=seed,
+                                       max_gen_toks=max_gen_toks))
+        if lm_data:
             from compress.eval.harness import run_lm_eval
 
-            info(f"[{label}] lm-eval: {', '.join(t.task for t in resolved)}" + (f" (limit {limit})" if limit else ""))
-            for task, r in run_lm_eval(model, tok, resolved, limit=limit, num_fewshot=num_fewshot,
+            info(f"[{label}] lm-eval: {', '.join(t.task for t in lm_data)}" + (f" (limit {limit})" if limit else ""))
+            for task, r in run_lm_eval(model, tok, lm_data, limit=limit, num_fewshot=num_fewshot,
                                        batch_size=batch_size, seed=seed, chat_template=chat_template,
                                        max_gen_toks=max_gen_toks).items():
                 results[task] = r.as_dict()
@@ -229,6 +252,16 @@ def evaluate(
         rec["average"] = row["average"]
         if "delta" in row:
             rec["delta"] = row["delta"]
+    from compress.eval import paired
+
+    cis = paired.intervals(records, task_list, seed=seed)
+    for rec in records[1:]:
+        rec["delta_ci"] = cis.get(rec["name"], {})
+    if sb_data:
+        from compress.eval.socialbench.run import column_table
+
+        for rec in records:
+            rec["socialbench"] = column_table(rec["results"])
     result = {
         "tool": "compress eval",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -240,15 +273,39 @@ def evaluate(
         "tasks": task_info,
         "models": records,
         "table": table,
-        "markdown": markdown(table, task_list, {t: v["metric"] for t, v in task_info.items()}),
+        "markdown": markdown(table, task_list, {t: v["metric"] for t, v in task_info.items()})
+        + paired.markdown(cis, labels[0]),
     }
+    if sb_data:
+        from compress.eval.socialbench.run import markdown as sb_markdown
+
+        result["settings"].update(socialbench_mode=socialbench_mode, prompt_source=prompt_source)
+        result["markdown"] += sb_markdown(records, task_info)
     if output is not None:
         with atomic_dir(output, model_list, force) as tmp:
             (tmp / "eval.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+            if log_samples:
+                _write_samples(tmp / "samples", records, resolved, limit)
             (tmp / "results.md").write_text(result["markdown"])
             bar_plot(table, task_list, tmp / "results.png")
         result["output"] = str(Path(output).resolve())
     return result
+
+
+def _write_samples(folder: Path, records: list[dict[str, Any]], data: list[TaskData], limit: int | None) -> None:
+    """--log-samples: one JSONL per model and task, each item's record (with its prompt for SocialBench)."""
+    from compress.eval.socialbench.run import prompts_of
+
+    folder.mkdir()
+    prompts = {td.task: prompts_of(td, limit) for td in data if socialbench.is_task(td.task)}
+    for rec in records:
+        for task, r in rec["results"].items():
+            if not isinstance(r, dict) or not r.get("items"):
+                continue
+            with open(folder / f"{rec['name']}.{task}.jsonl", "w", encoding="utf-8") as f:
+                for it in r["items"]:
+                    extra = {"prompt": prompts[task][it["doc_id"]]} if task in prompts else {}
+                    f.write(json.dumps({**it, **extra}, ensure_ascii=False, default=str) + "\n")
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
