@@ -24,22 +24,30 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 LETTERS = "ABCDEFGH"
-_RUN = r"[A-H](?:[\s,，、/&]*(?:and|or|和|与|及|或)?[\s,，、/&]*[A-H])*(?![A-Za-z])"
 _OPEN = r"[\(\[（【\"'“‘]?"
-_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("brackets", re.compile(r"\[\[\s*(" + _RUN + r")\s*\]\]")),
-    ("answer", re.compile(r"(?:(?i:\banswers?\b)(?:\s+(?i:is|are|would\s+be|should\s+be|will\s+be))?|答案\s*(?:是|为|应该是|应为)?)"
-                          r"\s*[:：]?\s*" + _OPEN + r"(?<![A-Za-z])(" + _RUN + ")")),
-    ("selection", re.compile(r"(?:(?i:\b(?:selection|choice|choose|select)\b)(?:\s+(?i:is|would\s+be|should\s+be))?"
-                             r"|(?:选择|应该选|应选|我选|选)\s*(?:是|为)?)\s*[:：]?\s*" + _OPEN
-                             + r"(?<![A-Za-z])(" + _RUN + ")")),
-    ("leading", re.compile(r"^\s*" + _OPEN + r"(" + _RUN + r")(?=\s*$|[\)\]）】\"'”’.．、:：,，;；\n])")),
-    ("option", re.compile(r"(?:(?i:\boptions?\b)(?:\s+(?i:is|would\s+be|should\s+be))?|选项\s*(?:是|为)?)"
-                          r"\s*[:：]?\s*" + _OPEN + r"(?<![A-Za-z])(" + _RUN + ")")),
-)
-_LETTER = re.compile(r"[A-H]")
+
+
+@lru_cache(maxsize=4)
+def _patterns(span: str = "A-H") -> tuple[tuple[str, re.Pattern[str]], ...]:
+    """The explicit answer patterns for option letters `span` (a character range such as A-H)."""
+    run = rf"[{span}](?:[\s,，、/&]*(?:and|or|和|与|及|或)?[\s,，、/&]*[{span}])*(?![A-Za-z])"
+    return (
+        ("brackets", re.compile(r"\[\[\s*(" + run + r")\s*\]\]")),
+        ("answer", re.compile(r"(?:(?i:\banswers?\b)(?:\s+(?i:is|are|would\s+be|should\s+be|will\s+be))?"
+                              r"|答案\s*(?:是|为|应该是|应为)?)\s*[:：]?\s*" + _OPEN + r"(?<![A-Za-z])(" + run + ")")),
+        ("selection", re.compile(r"(?:(?i:\b(?:selection|choice|choose|select)\b)(?:\s+(?i:is|would\s+be|should\s+be))?"
+                                 r"|(?:选择|应该选|应选|我选|选)\s*(?:是|为)?)\s*[:：]?\s*" + _OPEN
+                                 + r"(?<![A-Za-z])(" + run + ")")),
+        ("leading", re.compile(r"^\s*" + _OPEN + r"(" + run + r")(?=\s*$|[\)\]）】\"'”’.．、:：,，;；\n])")),
+        ("option", re.compile(r"(?:(?i:\boptions?\b)(?:\s+(?i:is|would\s+be|should\s+be))?|选项\s*(?:是|为)?)"
+                              r"\s*[:：]?\s*" + _OPEN + r"(?<![A-Za-z])(" + run + ")")),
+    )
+
+
+_LETTER = re.compile(r"[A-Z]")
 # A capital A-H whose neighbours are each: absent, a non-word char, a CJK ideograph, or a letter A-D.
 _FALLBACK = re.compile(r"(?<![^\W\u4e00-\u9fa5A-D])([A-H])(?![^\W\u4e00-\u9fa5A-D])")
 
@@ -60,9 +68,9 @@ def fallback_letters(text: str) -> tuple[str, ...]:
     return _unique(_FALLBACK.findall(text))
 
 
-def explicit_letters(text: str) -> tuple[tuple[str, ...], str] | None:
+def explicit_letters(text: str, span: str = "A-H") -> tuple[tuple[str, ...], str] | None:
     """Letters given by the strongest explicit answer pattern, and its name; None if there is none."""
-    for name, pat in _PATTERNS:
+    for name, pat in _patterns(span):
         m = pat.search(text)
         if m:
             return _unique(_LETTER.findall(m.group(1))), name
