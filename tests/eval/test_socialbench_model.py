@@ -58,7 +58,6 @@ def test_loglik_mode_against_plain_transformers(tiny, data, tmp_path, capsys):
     situ = res["models"][0]["results"]["socialbench_ep_situ_en"]
     assert [it["index"] for it in emo["items"]] == [0, 2] and [it["index"] for it in situ["items"]] == [3]
     raws = {0: EMOTIONAL[0], 2: EMOTIONAL[2], 3: EMOTIONAL[3]}
-    total = 0.0
     for it in emo["items"] + situ["items"]:
         raw = raws[it["index"]]
         ref = [_lm_eval_style_loglik(model, tok, reference_prompt(raw), k) for k in raw["choices"]]
