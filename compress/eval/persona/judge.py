@@ -4,7 +4,7 @@ polarity that speaker shows, out of 10 trait x polarity options plus "unclear" (
 - `loglik` (default): the option letters are scored by their log-probability right after the
   question; the answer is the most likely one. Deterministic, and every question gets an answer.
 - `generative`: the judge writes (greedy, 16 tokens); its text is kept, and read with the explicit
-  answer patterns, then the first standalone capital A-K that is not a word of its own ("I think",
+  answer patterns, then the first standalone capital A-K that is not the word "A" or "I" ("I think",
   "A good"); nothing readable counts as unreadable (not a success).
 A judge is asked as one user turn of its chat template. A judge without one is refused, unless
 `--judge-template plain` asks for the question as plain text ending in "Answer:" (the letters then
@@ -31,7 +31,8 @@ OPTIONS: list[tuple[str, str] | None] = [(t, p) for t in TRAITS for p in POLARIT
 LETTERS = "ABCDEFGHIJK"
 UNCLEAR = LETTERS[-1]
 SPAN = "A-K"
-_STANDALONE = re.compile(rf"(?<!\w)([{SPAN}])(?!\w)(?!\s+[a-z])")
+_STANDALONE = re.compile(rf"(?<!\w)([{SPAN}])(?!\w)")
+_WORD_LETTER = re.compile(r"[AI]\s+[a-z]")  # "A good ...", "I think ...": a word, not an option
 JUDGE_NEW_TOKENS = 16
 
 
@@ -109,8 +110,10 @@ def read_answer(text: str | None) -> str | None:
     hit = explicit_letters(text, SPAN)
     if hit and len(hit[0]) == 1:
         return hit[0][0]
-    m = _STANDALONE.search(text)
-    return m.group(1) if m else None
+    for m in _STANDALONE.finditer(text):
+        if not _WORD_LETTER.match(text, m.start()):
+            return m.group(1)
+    return None
 
 
 def ask(model: torch.nn.Module, tokenizer: Any, text: str, *, mode: str, template: str) -> dict[str, Any]:

@@ -107,9 +107,10 @@ def _dialogues(path: str, label: str, setups: list[dict[str, Any]], gen: dict[st
     return [{**state.get(k), "model": label, "model_hash": mh} for k in keys]
 
 
-def _judge(model: Any, tok: Any, jh: str, sets: list[list[dict[str, Any]]], judging: dict[str, Any],
-           state: State) -> None:
-    """Adds `verdicts` (per speaker: answer on the whole dialogue and on its first half) to every dialogue."""
+def _judge(loader: Any, jh: str, sets: list[list[dict[str, Any]]], judging: dict[str, Any], state: State) -> None:
+    """Adds `verdicts` (per speaker: answer on the whole dialogue and on its first half) to every dialogue;
+    the judge is loaded (`loader()`) only if an answer is not saved yet."""
+    judge: list[Any] = []
     total = sum(len(s) for s in sets) * 4
     with progress_bar("judge", total=total) as advance:
         for dialogues in sets:
@@ -121,13 +122,17 @@ def _judge(model: Any, tok: Any, jh: str, sets: list[list[dict[str, Any]]], judg
                         text = question(d, s, upto)
                         k = key(kind="judge", judge=jh, text=text, **judging)
                         if state.get(k) is None:
-                            state.put(k, ask(model, tok, text, **judging))
+                            if not judge:
+                                judge.extend(loader())
+                            state.put(k, ask(judge[0], judge[1], text, **judging))
                         ans = state.get(k)
                         v[f"answer{name}"] = ans["answer"]
                         v[f"judge{name}"] = {x: y for x, y in ans.items() if x != "answer"}
                         advance(1)
                     verdicts.append(v)
                 d["verdicts"] = verdicts
+    judge.clear()
+    gc.collect()
 
 
 def _model_record(path: str, label: str, dialogues: list[dict[str, Any]]) -> dict[str, Any]:
@@ -194,10 +199,7 @@ def persona_eval(models: str | list[str], judge: str, *, cards: str | None = Non
 
     jh = model_hash(jpath)["sha256"]
     judging = {"mode": judge_mode, "template": judge_template}
-    jmodel, jtok = load(jpath, device, dtype)
-    _judge(jmodel, jtok, jh, [own, *sets], judging, state)
-    del jmodel, jtok
-    gc.collect()
+    _judge(lambda: load(jpath, device, dtype), jh, [own, *sets], judging, state)
 
     result = _result(model_list, labels, sets, own, card_set, topic_set, jpath, jh, judging, gen,
                      dialogues, validity, seed)
