@@ -67,6 +67,8 @@ def test_instruction_prompt_source():
     ("C", ("C",), "pattern"),
     ("C. surprise", ("C",), "pattern"),
     ("(B) sadness", ("B",), "pattern"),
+    ("A. deadlines\nC. sleep loss", ("A", "C"), "pattern"),  # option lines: each line's letter
+    ("C. surprise\n\nNot B, since she laughs.", ("C",), "pattern"),
     ("A good option is C", ("C",), "pattern"),  # the article A is not the answer (known bug 4)
     ("The answer is B because she cries.", ("B",), "pattern"),
     ("Answer: A and C", ("A", "C"), "pattern"),

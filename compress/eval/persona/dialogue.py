@@ -20,7 +20,7 @@ from typing import Any
 from compress.progress import progress_bar
 
 CHAT, PLAIN = "chat template", "plain transcript"
-OPENER = "(The conversation begins. Say your first message to {other}.)"
+OPENER = "Please start the conversation with {other} about {topic}. Write your first message."
 TRAIT_WORDS = re.compile(r"\b(openness|conscientious(?:ness)?|extraver\w*|extrover\w*|introver\w*|agreeable(?:ness)?"
                          r"|disagreeable|neurotic\w*|big five|personality trait)\b", re.IGNORECASE)
 
@@ -54,7 +54,7 @@ def chat_messages(setup: dict[str, Any], turns: list[str], speaker: int) -> list
     me, other = setup["cards"][speaker], setup["cards"][1 - speaker]
     msgs = [{"role": "system", "content": system_prompt(me, other, setup["topic"]["topic"])}]
     if speaker == 0:
-        msgs.append({"role": "user", "content": OPENER.format(other=other["name"])})
+        msgs.append({"role": "user", "content": OPENER.format(other=other["name"], topic=setup["topic"]["topic"])})
     for t, text in enumerate(turns):
         msgs.append({"role": "assistant" if t % 2 == speaker else "user", "content": text})
     return msgs

@@ -2,7 +2,8 @@
 
 Parsing a generated answer:
 1. an explicit answer pattern, strongest first: `[[X]]`; "answer (is) X" / "答案是X"; "selection /
-   choice (is) X" / "选择X" / "选X"; a reply that starts with the letter ("C", "C. ...", "(C)", "A, C");
+   choice (is) X" / "选择X" / "选X"; a reply that starts with the letter ("C", "C. ...", "(C)", "A, C"),
+   with the letters opening its other lines too ("A. x" newline "C. y" reads A, C);
    "option (is) X" / "选项X". Several letters may follow ("A and C", "A、C", "AC");
 2. otherwise the official fallback: every capital A-H that stands alone (the character before and
    after is a non-word character, a CJK ideograph, a letter A-D, or the text's start/end), in order of
@@ -41,7 +42,7 @@ def _patterns(span: str = "A-H") -> tuple[tuple[str, re.Pattern[str]], ...]:
         ("selection", re.compile(r"(?:(?i:\b(?:selection|choice|choose|select)\b)(?:\s+(?i:is|would\s+be|should\s+be))?"
                                  r"|(?:选择|应该选|应选|我选|选)\s*(?:是|为)?)\s*[:：]?\s*" + _OPEN
                                  + r"(?<![A-Za-z])(" + run + ")")),
-        ("leading", re.compile(r"^\s*" + _OPEN + r"(" + run + r")(?=\s*$|[\)\]）】\"'”’.．、:：,，;；\n])")),
+        ("leading", re.compile(r"^[ \t]*" + _OPEN + r"(" + run + r")(?=[ \t]*$|[\)\]）】\"'”’.．、:：,，;；])", re.M)),
         ("option", re.compile(r"(?:(?i:\boptions?\b)(?:\s+(?i:is|would\s+be|should\s+be))?|选项\s*(?:是|为)?)"
                               r"\s*[:：]?\s*" + _OPEN + r"(?<![A-Za-z])(" + run + ")")),
     )
@@ -71,6 +72,10 @@ def fallback_letters(text: str) -> tuple[str, ...]:
 def explicit_letters(text: str, span: str = "A-H") -> tuple[tuple[str, ...], str] | None:
     """Letters given by the strongest explicit answer pattern, and its name; None if there is none."""
     for name, pat in _patterns(span):
+        if name == "leading":  # a reply that starts with options: the letters opening each of its lines
+            if pat.match(text.lstrip("\n")):
+                return _unique(_LETTER.findall("".join(m.group(1) for m in pat.finditer(text)))), name
+            continue
         m = pat.search(text)
         if m:
             return _unique(_LETTER.findall(m.group(1))), name
