@@ -58,7 +58,6 @@ LAYER_EXCEPTIONS = {
     ("compress.fuse.aligned", "compress.distill.teacher"): "the one vocabulary hash of the teacher cache",
     ("compress.fuse.train", "compress.distill.teacher"): "fused targets are a teacher signal (Signals)",
     ("compress.fuse.train", "compress.distill.train"): "fuse train runs the distill training loop",
-    ("compress.fuse.profuser", "compress.distill.generate"): "ProFuser's greedy answers: distill's batched generation",
     ("compress.fuse.seft", "compress.distill.train"): "SEFT trains its reviser and policy with distill's SFT",
 }
 # Cycles still to be broken (none left); every other cycle fails.

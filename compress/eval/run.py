@@ -24,6 +24,7 @@ from compress.checkpoint.provenance import file_sha256
 from compress.checkpoint.reader import Checkpoint
 from compress.data.text import FORMATS, describe_format
 from compress.errors import CompressError
+from compress.eval import socialbench
 from compress.eval.inspect import inspect
 from compress.eval.ppl import file_perplexity
 from compress.eval.report import bar_plot, build_table, markdown
@@ -37,6 +38,7 @@ from compress.eval.tasks import (
     parse_tasks,
     primary_metric,
     resolve_task_data,
+    task_data_paths,
 )
 from compress.model.device import canonical_dtype_name, dtype_name, parse_dtype
 from compress.model.load import check_model, load
@@ -91,8 +93,9 @@ def parse_task_data(items: list[str] | tuple[str, ...] | dict[str, str] | None) 
         task = task.strip().lower()
         if not path:
             raise CompressError(f"--task-data {task!r}: write TASK=PATH, e.g. hellaswag=data/hellaswag_val.jsonl")
-        if task not in LM_EVAL_TASKS:
-            raise CompressError(f"--task-data: unknown task {task}: lm-eval tasks are {', '.join(LM_EVAL_TASKS)}")
+        if task not in LM_EVAL_TASKS and socialbench.expand(task) is None:
+            raise CompressError(f"--task-data: unknown task {task}: lm-eval tasks are {', '.join(LM_EVAL_TASKS)} "
+                                "and socialbench (or one of its groups)")
         out[task] = str(path)
     return out
 
@@ -178,12 +181,17 @@ def find_ppl_file(tasks: list[str], data: str | os.PathLike[str] | None, dirs: l
 
 
 def task_records(lm_tasks: list[TaskData], ppl_file: Path | None, seq_len: int, max_windows: int | None,
-                 text_format: str) -> dict[str, Any]:
+                 text_format: str, limit: int | None = None) -> dict[str, Any]:
     """Per task: metric, direction, data files with their sha256 (and, for ppl, the text protocol)."""
     out: dict[str, Any] = {}
     for td in lm_tasks:
-        out[td.task] = {"metric": primary_metric(load_task_yaml(td.task)), "higher_is_better": True,
-                        "data": {k: {"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for k, v in td.files.items()}}
+        files = {"data": {k: {"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for k, v in td.files.items()}}
+        if socialbench.is_task(td.task):
+            from compress.eval.socialbench.run import describe
+
+            out[td.task] = {"metric": "strict", "higher_is_better": True, **describe(td, limit), **files}
+        else:
+            out[td.task] = {"metric": primary_metric(load_task_yaml(td.task)), "higher_is_better": True, **files}
     if ppl_file is not None:
         out[PPL_TASK] = {"metric": "ppl", "higher_is_better": False, "seq_len": seq_len, "max_windows": max_windows,
                          "protocol": "non-overlapping windows of seq_len tokens, no context carried over; "
@@ -194,7 +202,8 @@ def task_records(lm_tasks: list[TaskData], ppl_file: Path | None, seq_len: int, 
 
 
 def plan(models, tasks, *, data_dir, task_data, data, names, seq_len, max_windows, text_format,
-         ensembles: list[list[str]] = ()) -> Plan:
+         ensembles: list[list[str]] = (), socialbench_options: dict[str, Any] | None = None,
+         limit: int | None = None) -> Plan:
     model_list = [str(models)] if isinstance(models, str | os.PathLike) else [str(m) for m in models]
     for members in ensembles:
         for m in members:
@@ -208,13 +217,14 @@ def plan(models, tasks, *, data_dir, task_data, data, names, seq_len, max_window
     dirs = data_dirs(data_dir)
     per_task = parse_task_data(task_data)
     lm_names = [t for t in task_list if t != PPL_TASK]
-    extra = sorted(set(per_task) - set(lm_names))
-    if extra:
-        raise CompressError(f"--task-data given for {', '.join(extra)}, which is not in --tasks {','.join(task_list)}")
+    per_task = task_data_paths(per_task, lm_names)
     lm_tasks = [resolve_task_data(t, dirs, per_task.get(t)) for t in lm_names]
+    for td in lm_tasks:
+        if socialbench.is_task(td.task):
+            td.options.update(socialbench_options or {})
     ppl_file = find_ppl_file(task_list, data, dirs)
     return Plan(model_list, labels, task_list, lm_tasks, ppl_file,
-                task_records(lm_tasks, ppl_file, seq_len, max_windows, text_format))
+                task_records(lm_tasks, ppl_file, seq_len, max_windows, text_format, limit))
 
 
 def describe_model(path: str, label: str, hash_models: bool) -> dict[str, Any]:
@@ -240,12 +250,21 @@ def score_model(p: Plan, path: str, label: str, opts: Scoring, hash_models: bool
     rec["dtype"] = dtype_name(next(model.parameters()).dtype)
     rec["loaded_parameters"] = sum(t.numel() for t in model.parameters())
     results: dict[str, Any] = {}
-    if p.lm_tasks:
+    sb_data = [td for td in p.lm_tasks if socialbench.is_task(td.task)]
+    lm_data = [td for td in p.lm_tasks if td not in sb_data]
+    if sb_data:
+        from compress.eval.socialbench.run import score_model as score_socialbench
+
+        info(f"[{label}] socialbench ({sb_data[0].options.get('mode')}): {', '.join(t.task for t in sb_data)}"
+             + (f" (limit {opts.limit})" if opts.limit else ""))
+        results.update(score_socialbench(model, tok, sb_data, limit=opts.limit, batch_size=opts.batch_size,
+                                         seed=opts.seed, max_gen_toks=opts.max_gen_toks))
+    if lm_data:
         from compress.eval.harness import run_lm_eval
 
-        info(f"[{label}] lm-eval: {', '.join(t.task for t in p.lm_tasks)}"
+        info(f"[{label}] lm-eval: {', '.join(t.task for t in lm_data)}"
              + (f" (limit {opts.limit})" if opts.limit else ""))
-        for task, r in run_lm_eval(model, tok, p.lm_tasks, limit=opts.limit, num_fewshot=opts.num_fewshot,
+        for task, r in run_lm_eval(model, tok, lm_data, limit=opts.limit, num_fewshot=opts.num_fewshot,
                                    batch_size=opts.batch_size, seed=opts.seed, chat_template=opts.chat_template,
                                    max_gen_toks=opts.max_gen_toks).items():
             results[task] = r.as_dict()
@@ -270,10 +289,15 @@ def hoist_task_configs(p: Plan, records: list[dict[str, Any]]) -> None:
             rec["results"][td.task].pop("config", None)
 
 
-def write_outputs(result: dict[str, Any], output: str | os.PathLike[str], inputs: list[str], force: bool) -> None:
-    """eval.json, results.md and results.png, written atomically."""
+def write_outputs(result: dict[str, Any], output: str | os.PathLike[str], inputs: list[str], force: bool,
+                  samples_of: list[TaskData] | None = None, limit: int | None = None) -> None:
+    """eval.json, results.md and results.png (and with `samples_of`, the per-item logs), written atomically."""
     with atomic_dir(output, inputs, force) as tmp:
         (tmp / "eval.json").write_text(jsonsafe.dumps(result, indent=2) + "\n")
+        if samples_of is not None:
+            from compress.eval.socialbench.run import write_samples
+
+            write_samples(tmp / "samples", result["models"], samples_of, limit)
         (tmp / "results.md").write_text(result["markdown"])
         bar_plot(result["table"], result["settings"]["tasks"], tmp / "results.png")
     result["output"] = str(Path(output).resolve())
@@ -304,6 +328,9 @@ def evaluate(
     hash_models: bool = True,
     ensembles: list[str] | list[list[str]] | None = None,
     fusion: str = "cool-fusion",
+    socialbench_mode: str = "generative",
+    prompt_source: str = "template",
+    log_samples: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one or more model folders on lm-eval tasks (local data) and/or perplexity.
 
@@ -317,8 +344,12 @@ def evaluate(
     check_options(limit, num_fewshot, max_gen_toks, max_windows, batch_size, text_format)
     dtype = dtype_setting(dtype)
     ens = _ensembles(ensembles, fusion)
+    if log_samples and output is None:
+        raise CompressError("--log-samples writes the per-item logs into the output folder: give -o OUT")
     p = plan(models, tasks, data_dir=data_dir, task_data=task_data, data=data, names=names, seq_len=seq_len,
-             max_windows=max_windows, text_format=text_format, ensembles=ens)
+             max_windows=max_windows, text_format=text_format, ensembles=ens, limit=limit,
+             socialbench_options={"mode": socialbench_mode, "prompt_source": prompt_source})
+    sb_data = [td for td in p.lm_tasks if socialbench.is_task(td.task)]
     if ens:
         from compress.fuse.lm_eval_model import check_generation_tasks
 
@@ -340,6 +371,16 @@ def evaluate(
         rec["average"] = row["average"]
         if "delta" in row:
             rec["delta"] = row["delta"]
+    from compress.eval import paired
+
+    cis = paired.intervals(records, p.tasks, seed=seed)
+    for rec in records[1:]:
+        rec["delta_ci"] = cis.get(rec["name"], {})
+    if sb_data:
+        from compress.eval.socialbench.run import column_table
+
+        for rec in records:
+            rec["socialbench"] = column_table(rec["results"])
     result = {
         "tool": "compress eval",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -351,10 +392,17 @@ def evaluate(
         "tasks": p.task_info,
         "models": records,
         "table": table,
-        "markdown": markdown(table, p.tasks, {t: v["metric"] for t, v in p.task_info.items()}),
+        "markdown": markdown(table, p.tasks, {t: v["metric"] for t, v in p.task_info.items()})
+        + paired.markdown(cis, records[0]["name"]),
     }
+    if sb_data:
+        from compress.eval.socialbench.run import markdown as sb_markdown
+
+        result["settings"].update(socialbench_mode=socialbench_mode, prompt_source=prompt_source)
+        result["markdown"] += sb_markdown(records, p.task_info)
     if output is not None:
-        write_outputs(result, output, p.models, force)
+        write_outputs(result, output, p.models + [m for e in ens for m in e], force,
+                      samples_of=p.lm_tasks if log_samples else None, limit=limit)
     return result
 
 

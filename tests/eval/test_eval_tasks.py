@@ -12,6 +12,7 @@ from compress.eval.report import average, bar_plot, build_table, markdown
 from compress.eval.tasks import (
     ALL_TASKS,
     LM_EVAL_TASKS,
+    SOCIALBENCH_TASKS,
     load_task_yaml,
     parse_tasks,
     primary_metric,
@@ -139,7 +140,7 @@ def test_parse_tasks_and_errors(tmp_path):
     cfg = task_config(resolve_task_data("hellaswag", None, bad))
     with pytest.raises(CompressError, match="row 1 is not in the expected format"):
         cfg["custom_dataset"](**cfg["dataset_kwargs"])
-    assert set(ALL_TASKS) == {*LM_EVAL_TASKS, "ppl"}
+    assert set(ALL_TASKS) == {*LM_EVAL_TASKS, *SOCIALBENCH_TASKS, "ppl"}
 
 
 def test_gsm8k_fewshot_split_follows_train_file(tmp_path, shared_data):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from compress.cli import main
-from compress.fuse.seft import REVISER_FORMAT, rates, reviser_records
 from compress.errors import CompressError
+from compress.fuse.seft import REVISER_FORMAT, rates, reviser_records
 
 
 def _samples(rows):

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from compress.errors import CompressError
+from compress.eval import socialbench as _sb
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,7 +34,8 @@ TASK_FILES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 LM_EVAL_TASKS: tuple[str, ...] = tuple(TASK_FILES)
 PPL_TASK = "ppl"
-ALL_TASKS: tuple[str, ...] = (*LM_EVAL_TASKS, PPL_TASK)
+SOCIALBENCH_TASKS: tuple[str, ...] = _sb.TASKS  # socialbench_<column>_<lang>; groups in socialbench.GROUPS
+ALL_TASKS: tuple[str, ...] = (*LM_EVAL_TASKS, *SOCIALBENCH_TASKS, PPL_TASK)
 DEFAULT_TASKS: tuple[str, ...] = ("piqa", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa")
 PPL_FILE = "wikitext-2-raw/wiki.test.raw"
 
@@ -45,11 +47,30 @@ def parse_tasks(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [t.strip().lower() for t in items if t.strip()]
     if not names:
-        raise CompressError(f"no task given: choose from {', '.join(ALL_TASKS)}")
-    unknown = [t for t in names if t not in ALL_TASKS]
+        raise CompressError(f"no task given: choose from {_available()}")
+    unknown = [t for t in names if t not in ALL_TASKS and _sb.expand(t) is None]
     if unknown:
-        raise CompressError(f"unknown task {', '.join(unknown)}: available tasks are {', '.join(ALL_TASKS)}")
-    return list(dict.fromkeys(names))
+        raise CompressError(f"unknown task {', '.join(unknown)}: available tasks are {_available()}")
+    return list(dict.fromkeys(t for n in names for t in (_sb.expand(n) or (n,))))
+
+
+def _available() -> str:
+    cols = ", ".join(c.key for c in _sb.COLUMNS)
+    return (f"{', '.join((*LM_EVAL_TASKS, PPL_TASK))}, socialbench_COLUMN_LANG (COLUMN: {cols}; LANG: "
+            f"{', '.join(_sb.LANGS)}; groups: socialbench, socialbench_LANG, socialbench_DIMENSION[_LANG] with "
+            f"DIMENSION {', '.join(_sb.DIMENSIONS)}, socialbench_COLUMN)")
+
+
+def task_data_paths(per_task: dict[str, str], tasks: list[str]) -> dict[str, str]:
+    """`--task-data` keys (a task or a SocialBench group) -> a path per selected task; a key that
+    selects none of `tasks` is refused. A task's own key wins over a group's."""
+    out: dict[str, str] = {}
+    for key in sorted(per_task, key=lambda k: -len(_sb.expand(k) or (k,))):  # groups first, then narrower keys
+        hit = [t for t in (_sb.expand(key) or (key,)) if t in tasks]
+        if not hit:
+            raise CompressError(f"--task-data given for {key}, which is not in --tasks {','.join(tasks)}")
+        out.update({t: per_task[key] for t in hit})
+    return out
 
 
 # ------------------------------------------------------------------------------------ data files
@@ -70,6 +91,7 @@ def default_data_dirs(cwd: str | os.PathLike[str] | None = None) -> list[Path]:
 class TaskData:
     task: str
     files: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # task-family settings (SocialBench: mode, prompt_source)
 
 
 def _find(dirs: list[Path], candidates: tuple[str, ...], flat: bool = False) -> Path | None:
@@ -89,7 +111,7 @@ def resolve_task_data(task: str, data_dirs: list[Path] | None = None, path: str 
     `path` (from `--task-data TASK=PATH`) is the task's main file or a folder holding its files;
     otherwise each of `data_dirs` (from `--data-dir`, default `default_data_dirs()`) is searched.
     """
-    spec = TASK_FILES[task]
+    spec = TASK_FILES[task] if task in TASK_FILES else {"test": _sb.data_candidates(task)}
     main_key = next(iter(spec))
     files: dict[str, str] = {}
     flat = path is not None
@@ -152,6 +174,10 @@ def load_task_yaml(task: str) -> dict[str, Any]:
 
 def task_config(data: TaskData) -> dict[str, Any]:
     """An inline lm-eval task config reading `data.files`."""
+    if _sb.is_task(data.task):
+        from compress.eval.socialbench.tasks import task_config as socialbench_config
+
+        return socialbench_config(data.task, data.files, data.options, load_task_yaml)
     cfg = load_task_yaml(data.task)
     cfg["dataset_kwargs"] = {"files": dict(data.files)}
     if data.task == "gsm8k" and "train" not in data.files:
