@@ -248,18 +248,22 @@ class SlotBatch:
         return self.input_ids[self.response_mask]
 
 
-def collate_slot(examples: list[PreferenceExample], slot: str, pad_id: int) -> SlotBatch:
-    seqs = [ex.prompt + ex.responses[slot] for ex in examples]
+def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> SlotBatch:
+    """Right-padded rows prompt + response: ids, attention mask, response mask and response lengths."""
+    seqs = [p + r for p, r in zip(prompts, responses, strict=True)]
     t = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
     att = torch.zeros((len(seqs), t), dtype=torch.long)
     resp = torch.zeros((len(seqs), t), dtype=torch.bool)
-    for i, (ex, s) in enumerate(zip(examples, seqs, strict=True)):
+    for i, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
         ids[i, : len(s)] = torch.tensor(s)
         att[i, : len(s)] = 1
-        resp[i, len(ex.prompt): len(s)] = True
-    lengths = torch.tensor([len(ex.responses[slot]) for ex in examples])
-    return SlotBatch(ids, att, resp, lengths)
+        resp[i, len(p): len(s)] = True
+    return SlotBatch(ids, att, resp, torch.tensor([len(r) for r in responses]))
+
+
+def collate_slot(examples: list[PreferenceExample], slot: str, pad_id: int) -> SlotBatch:
+    return pack([ex.prompt for ex in examples], [ex.responses[slot] for ex in examples], pad_id)
 
 
 def concat_batches(batches: list[SlotBatch], pad_id: int) -> SlotBatch:

@@ -38,16 +38,21 @@ FORMAT_DESCRIPTIONS = {
 }
 
 
+def parse_json_list(text: str, path: str | os.PathLike[str], what: str = "records") -> list[Any]:
+    """The items of a `.json` file holding one JSON list; anything else is an error naming the file."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CompressError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(data, list):
+        raise CompressError(f"{path}: expected a JSON list of {what}")
+    return data
+
+
 def _records(path: Path) -> list[tuple[int, Any]]:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CompressError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-        if not isinstance(data, list):
-            raise CompressError(f"{path}: expected a JSON list of records")
-        return [(i + 1, r) for i, r in enumerate(data)]
+        return [(i + 1, r) for i, r in enumerate(parse_json_list(text, path))]
     return parse_jsonl(text, path)
 
 

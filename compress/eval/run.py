@@ -41,6 +41,7 @@ from compress.eval.tasks import (
     task_data_paths,
 )
 from compress.model.device import canonical_dtype_name, dtype_name, parse_dtype
+from compress.model.labels import model_labels
 from compress.model.load import check_model, load
 from compress.progress import info
 
@@ -65,21 +66,6 @@ def _dist_version(mod: str) -> str:
         return version(mod.replace("_", "-"))
     except Exception:  # noqa: BLE001
         return "unknown"
-
-
-def _names(models: list[str], names: list[str] | None) -> list[str]:
-    if names:
-        if len(names) != len(models):
-            raise CompressError(f"--names gives {len(names)} names for {len(models)} models")
-        return list(names)
-    out: list[str] = []
-    for m in models:
-        base = Path(m).resolve().name or str(m)
-        name, k = base, 2
-        while name in out:
-            name, k = f"{base}-{k}", k + 1
-        out.append(name)
-    return out
 
 
 def parse_task_data(items: list[str] | tuple[str, ...] | dict[str, str] | None) -> dict[str, str]:
@@ -213,7 +199,7 @@ def plan(models, tasks, *, data_dir, task_data, data, names, seq_len, max_window
     task_list = parse_tasks(tasks)
     for m in model_list:  # a missing folder, a non-model, a mask whose base moved: refused before any work
         check_model(m)
-    labels = _names(model_list, names)
+    labels = model_labels(model_list, names)
     dirs = data_dirs(data_dir)
     per_task = parse_task_data(task_data)
     lm_names = [t for t in task_list if t != PPL_TASK]
@@ -362,7 +348,7 @@ def evaluate(
     for members in ens:
         from compress.eval.ensemble import score_ensemble
 
-        records.append(score_ensemble(members, _names(members, None), fusion, p.lm_tasks, device=device, dtype=dtype,
+        records.append(score_ensemble(members, model_labels(members, None), fusion, p.lm_tasks, device=device, dtype=dtype,
                                       limit=limit, num_fewshot=num_fewshot, seed=seed, chat_template=chat_template,
                                       max_gen_toks=max_gen_toks))
     hoist_task_configs(p, records)

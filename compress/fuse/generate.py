@@ -21,6 +21,7 @@ from typing import Any
 
 from compress.errors import CompressError
 from compress.fuse.sources import Prompt
+from compress.model.labels import model_labels
 
 HEADER_KEY = "compress_fuse_generate"
 
@@ -34,12 +35,9 @@ def read_prompts(path: str | os.PathLike[str], field: str | None = None) -> list
     if p.suffix == ".txt":
         items: list[Any] = [line for line in text.splitlines() if line.strip()]
     elif p.suffix == ".json":
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CompressError(f"{path} is not valid JSON: {e.msg} (line {e.lineno})") from None
-        if not isinstance(items, list):
-            raise CompressError(f"{path}: expected a JSON list of prompts")
+        from compress.data.text import parse_json_list
+
+        items = parse_json_list(text, path, "prompts")
     else:
         items = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -197,22 +195,6 @@ def _answer_all(decoder, todo, output, stop, trace, on_answer, records, progress
                 on_answer(rec)
             records.append(rec)
             advance(1)
-
-
-def model_labels(models: list[str], names: list[str] | None) -> list[str]:
-    """--names, or the folder names (made unique)."""
-    if names:
-        if len(names) != len(models):
-            raise CompressError(f"--names gives {len(names)} names for {len(models)} models")
-        return list(names)
-    out: list[str] = []
-    for m in models:
-        base = Path(m).resolve().name or str(m)
-        name, k = base, 2
-        while name in out:
-            name, k = f"{base}-{k}", k + 1
-        out.append(name)
-    return out
 
 
 def generate_answers(models: list[str], *, method: str = "cool-fusion", prompt: str | None = None,

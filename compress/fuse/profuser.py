@@ -47,9 +47,9 @@ def disagreement(infer: torch.Tensor, train: torch.Tensor, names: list[str]) -> 
 
 def answers_for(model_path: str, records, max_new_tokens: int, batch_size: int, device: str) -> list[str]:
     """Greedy answers of one candidate to the prompts of `records` (its own chat rendering)."""
-    from compress.model.generate import generate_responses
     from compress.fuse.records import Renderer
     from compress.model import load_model, load_tokenizer
+    from compress.model.generate import generate_responses
 
     tok = load_tokenizer(model_path)
     r = Renderer(tok, str(model_path))

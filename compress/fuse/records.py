@@ -119,7 +119,7 @@ def parse_record(rec: Any, line: int, where: str) -> Record:
 
 def read_records(path: str | os.PathLike[str], limit: int | None = None) -> list[Record]:
     """Records of a `.jsonl`/`.json` file or of a text file (one per non-blank line)."""
-    from compress.data.text import parse_jsonl
+    from compress.data.text import parse_json_list, parse_jsonl
 
     p = Path(path)
     if not p.is_file():
@@ -130,13 +130,7 @@ def read_records(path: str | os.PathLike[str], limit: int | None = None) -> list
         raise CompressError(f"{path} is not UTF-8 text") from None
     if p.suffix in (".jsonl", ".json"):
         if p.suffix == ".json":
-            try:
-                items = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise CompressError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-            if not isinstance(items, list):
-                raise CompressError(f"{path}: expected a JSON list of records")
-            rows = list(enumerate(items, 1))
+            rows = list(enumerate(parse_json_list(raw, path), 1))
         else:
             rows = parse_jsonl(raw, p)
         recs = [parse_record(r, n, f"{path}: {'record' if p.suffix == '.json' else 'line'} {n}") for n, r in rows]

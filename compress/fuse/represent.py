@@ -78,19 +78,10 @@ def token_stats(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tens
 
 def _batch_hidden(model: torch.nn.Module, items: list[Rendered], pad: int) -> torch.Tensor:
     """Final hidden states predicting every label of `items`, row-major [N, H] (prompt positions never reach the head)."""
-    from compress.data.preference import SlotBatch
+    from compress.data.preference import pack
     from compress.distill.forward import response_hidden
 
-    seqs = [it.prompt + it.labels for it in items]
-    t = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), t), pad, dtype=torch.long)
-    att = torch.zeros((len(seqs), t), dtype=torch.long)
-    resp = torch.zeros((len(seqs), t), dtype=torch.bool)
-    for i, (it, s) in enumerate(zip(items, seqs, strict=True)):
-        ids[i, : len(s)] = torch.tensor(s)
-        att[i, : len(s)] = 1
-        resp[i, len(it.prompt): len(s)] = True
-    return response_hidden(model, SlotBatch(ids, att, resp, torch.tensor([len(it.labels) for it in items])))
+    return response_hidden(model, pack([it.prompt for it in items], [it.labels for it in items], pad))
 
 
 def truncate(item: Rendered, max_length: int) -> Rendered:

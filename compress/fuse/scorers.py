@@ -178,6 +178,7 @@ def summed_logps(model, rendering, prompts: list[Any], responses: list[str], bat
     `rendering`. Right-padded batches; LM-head rows are computed in chunks, never [B, T, V] at once."""
     import torch
 
+    from compress.data.preference import pack
     from compress.model.logits import decoder_of, token_nll
 
     tok = rendering.tokenizer
@@ -186,24 +187,13 @@ def summed_logps(model, rendering, prompts: list[Any], responses: list[str], bat
     out: list[float] = []
     with torch.no_grad():
         for idx in _batches(len(prompts), batch_size):
-            seqs, starts = [], []
-            for i in idx:
-                p = rendering.prompt_ids(prompts[i], f"prompt {i}")
-                r = rendering.response_ids(prompts[i], responses[i], f"prompt {i}")
-                seqs.append(p + r)
-                starts.append(len(p))
-            t = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), t), pad, dtype=torch.long)
-            att = torch.zeros((len(seqs), t), dtype=torch.long)
-            resp = torch.zeros((len(seqs), t), dtype=torch.bool)
-            for j, (s, st) in enumerate(zip(seqs, starts, strict=True)):
-                ids[j, : len(s)] = torch.tensor(s)
-                att[j, : len(s)] = 1
-                resp[j, st: len(s)] = True
+            b = pack([rendering.prompt_ids(prompts[i], f"prompt {i}") for i in idx],
+                     [rendering.response_ids(prompts[i], responses[i], f"prompt {i}") for i in idx], pad)
             body = decoder_of(model)
-            hidden = body(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=False).last_hidden_state
-            nll = token_nll(model, hidden, ids)  # [B, T-1]: position t predicts token t+1
-            out.extend((-(nll * resp[:, 1:].to(nll.device))).sum(-1).tolist())
+            hidden = body(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev),
+                          use_cache=False).last_hidden_state
+            nll = token_nll(model, hidden, b.input_ids)  # [B, T-1]: position t predicts token t+1
+            out.extend((-(nll * b.response_mask[:, 1:].to(nll.device))).sum(-1).tolist())
     return out
 
 

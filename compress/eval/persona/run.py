@@ -156,9 +156,9 @@ def _model_record(path: str, label: str, dialogues: list[dict[str, Any]]) -> dic
 
 
 def _labels(models: list[str], names: list[str] | None) -> list[str]:
-    from compress.eval.run import _names
+    from compress.model.labels import model_labels
 
-    return _names(models, names)
+    return model_labels(models, names)
 
 
 def persona_eval(models: str | list[str], judge: str, *, cards: str | None = None, topics: str | None = None,
