@@ -142,7 +142,7 @@ def test_advantage_and_expected_advantage():
 
 def test_adpa_negative_advantage_gradient_sign_none_vs_unit():
     """A token with negative advantage is pushed down with the signed (paper) advantage; the released code's
-    unit clamp turns it into ~0 advantage, so the loss no longer pushes it down (spec §3.3 bug 1)."""
+    unit clamp turns it into ~0 advantage, so the loss no longer pushes it down."""
     z = _logits(n=1, v=8, seed=15).requires_grad_(True)
     ids = torch.tensor([[2]])
     adv_raw = (torch.log(torch.tensor([[0.1]])), torch.log(torch.tensor([[0.4]])))  # A = log(0.25) < 0
