@@ -24,7 +24,7 @@ from compress.checkpoint.provenance import file_sha256
 from compress.checkpoint.reader import Checkpoint
 from compress.data.text import FORMATS, describe_format
 from compress.errors import CompressError
-from compress.eval import socialbench
+from compress.eval import paired, socialbench
 from compress.eval.inspect import inspect
 from compress.eval.ppl import file_perplexity
 from compress.eval.report import bar_plot, build_table, markdown
@@ -289,6 +289,27 @@ def write_outputs(result: dict[str, Any], output: str | os.PathLike[str], inputs
     result["output"] = str(Path(output).resolve())
 
 
+def compare(p: Plan, records: list[dict[str, Any]], seed: int, socialbench: bool = False
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The comparison table (change against the first model) and the paired bootstrap intervals of the
+    differences, both also recorded in each model's record (with its SocialBench columns)."""
+    hoist_task_configs(p, records)
+    table = build_table(records, p.tasks)
+    for rec, row in zip(records, table["rows"], strict=True):
+        rec["average"] = row["average"]
+        if "delta" in row:
+            rec["delta"] = row["delta"]
+    cis = paired.intervals(records, p.tasks, seed=seed)
+    for rec in records[1:]:
+        rec["delta_ci"] = cis.get(rec["name"], {})
+    if socialbench:
+        from compress.eval.socialbench.run import column_table
+
+        for rec in records:
+            rec["socialbench"] = column_table(rec["results"])
+    return table, cis
+
+
 def evaluate(
     models: str | os.PathLike[str] | list[str | os.PathLike[str]],
     tasks: str | list[str] | None = None,
@@ -351,22 +372,7 @@ def evaluate(
         records.append(score_ensemble(members, model_labels(members, None), fusion, p.lm_tasks, device=device, dtype=dtype,
                                       limit=limit, num_fewshot=num_fewshot, seed=seed, chat_template=chat_template,
                                       max_gen_toks=max_gen_toks))
-    hoist_task_configs(p, records)
-    table = build_table(records, p.tasks)
-    for rec, row in zip(records, table["rows"], strict=True):
-        rec["average"] = row["average"]
-        if "delta" in row:
-            rec["delta"] = row["delta"]
-    from compress.eval import paired
-
-    cis = paired.intervals(records, p.tasks, seed=seed)
-    for rec in records[1:]:
-        rec["delta_ci"] = cis.get(rec["name"], {})
-    if sb_data:
-        from compress.eval.socialbench.run import column_table
-
-        for rec in records:
-            rec["socialbench"] = column_table(rec["results"])
+    table, cis = compare(p, records, seed, socialbench=bool(sb_data))
     result = {
         "tool": "compress eval",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
