@@ -72,3 +72,21 @@ def test_file_values_are_validated_with_the_option_name(tmp_path):
     assert "must be a mapping" in str(run(["m", "--config", str(f)]).exception)
     with pytest.raises(CompressError, match="not found"):
         load_config(RunConfig, {"config_file": str(tmp_path / "nope.yaml")}, None, model="m")
+
+
+class NeedsMethod(BaseModel):
+    method: Literal["a", "b"] = Field(..., description="Which method.")
+
+
+@click.command()
+@config_options(NeedsMethod)
+def needs(**values):
+    click.echo(load_config(NeedsMethod, values, click.get_current_context()).method)
+
+
+def test_a_required_option_left_out_is_named(tmp_path):
+    r = CliRunner().invoke(needs, [], standalone_mode=False, catch_exceptions=True)
+    assert isinstance(r.exception, CompressError) and str(r.exception) == "missing option --method"
+    f = tmp_path / "run.yaml"
+    f.write_text("method: b\n")
+    assert CliRunner().invoke(needs, ["--config", str(f)], standalone_mode=False).output.strip() == "b"

@@ -148,6 +148,10 @@ def load_config(model: type[BaseModel], values: dict[str, Any], ctx: click.Conte
         if name not in merged or _explicit(ctx, name):
             merged[name] = value
     merged.update(fixed)
+    for name, field in model.model_fields.items():
+        if field.is_required() and merged.get(name) is None and option_name(name, field):
+            raise CompressError(f"missing option {option_name(name, field)}"
+                                + (f" (on the command line or in {file})" if file else ""))
     return validate(model, merged, source=str(file) if file else None)
 
 
