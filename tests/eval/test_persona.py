@@ -206,3 +206,21 @@ def test_persona_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
     assert [m["rates"] for m in again["models"]] == [m["rates"] for m in res["models"]]
     assert (tmp_path / "again" / "dialogues.jsonl").read_text() == (out / "dialogues.jsonl").read_text()
     assert not state_file.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_device_cuda_refused_without_gpu(tiny, tmp_path, capsys):
+    """`--device cuda` on a CPU-only machine: one error line, exit 1, nothing written, for the persona
+    check and for SocialBench tasks of `compress eval` alike (the code paths take the device from the
+    option: models are loaded on it, lm-eval's wrapper and generation follow the model's device)."""
+    out = tmp_path / "o"
+    assert main(["eval", "persona", str(tiny), "--judge", str(tiny), "--device", "cuda", "-o", str(out)]) == 1
+    line = _err(capsys)
+    assert line.startswith("error: ") and "no CUDA GPU is available" in line and "--device cpu" in line
+    data = tmp_path / "ep.json"
+    data.write_text("[]")
+    assert main(["eval", str(tiny), "--tasks", "socialbench_ep_situ_en", "--task-data", f"socialbench_ep={data}",
+                 "--device", "cuda:0", "-o", str(out)]) == 1
+    line = _err(capsys)
+    assert line.startswith("error: ") and "no CUDA GPU is available" in line
+    assert not out.exists() and not list(tmp_path.glob("o*"))
