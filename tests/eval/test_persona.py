@@ -224,3 +224,27 @@ def test_device_cuda_refused_without_gpu(tiny, tmp_path, capsys):
     line = _err(capsys)
     assert line.startswith("error: ") and "no CUDA GPU is available" in line
     assert not out.exists() and not list(tmp_path.glob("o*"))
+
+
+def test_constant_judge_is_flagged():
+    """A judge that answers 'A' (Openness high) to every question: its top answer is A for 100 % of the
+    units; its success is the share of Openness-high speakers (3 of 30 cards, each played once), and the
+    validity line says the answer is almost constant. A rule-following judge is not flagged."""
+    from compress.eval.persona.run import _rates_markdown, _validity_markdown
+
+    rows = [r for d in _judged(lambda c, half: "A") for r in metrics.units(d)]
+    r = metrics.rates(rows)
+    assert r["top_answer"] == {"letter": "A", "share": 1.0}
+    assert r["success"] == pytest.approx(3 / 30)
+    line = _validity_markdown({"accuracy": r["success"], "threshold": 0.9, "rates": r, "judge_is_bottleneck": True}, 15)
+    assert "The judge answered A (O high) to 100.0% of these questions" in line
+    table = _rates_markdown([{"name": "m", "rates": r, "passing": 0, "trait_leaks": 0}])
+    assert table.splitlines()[-1].endswith("| A 100.0 |")
+    right = [r for d in _judged(lambda c, half: expected_letter(c)) for r in metrics.units(d)]
+    rr = metrics.rates(right)
+    assert rr["top_answer"]["share"] == pytest.approx(3 / 30)  # ten options, three cards each
+    ok = _validity_markdown({"accuracy": 1.0, "threshold": 0.9, "rates": rr, "judge_is_bottleneck": False}, 15)
+    assert "answered" not in ok and "bottleneck" not in ok
+    assert metrics.top_answer([{"answer": None}]) is None
+    tie = metrics.top_answer([{"answer": "C"}, {"answer": "B"}, {"answer": None}])
+    assert tie == {"letter": "B", "share": pytest.approx(1 / 3)}
