@@ -206,3 +206,45 @@ def test_persona_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
     assert [m["rates"] for m in again["models"]] == [m["rates"] for m in res["models"]]
     assert (tmp_path / "again" / "dialogues.jsonl").read_text() == (out / "dialogues.jsonl").read_text()
     assert not state_file.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_device_cuda_refused_without_gpu(tiny, tmp_path, capsys):
+    """`--device cuda` on a CPU-only machine: one error line, exit 1, nothing written, for the persona
+    check and for SocialBench tasks of `compress eval` alike (the code paths take the device from the
+    option: models are loaded on it, lm-eval's wrapper and generation follow the model's device)."""
+    out = tmp_path / "o"
+    assert main(["eval", "persona", str(tiny), "--judge", str(tiny), "--device", "cuda", "-o", str(out)]) == 1
+    line = _err(capsys)
+    assert line.startswith("error: ") and "no CUDA GPU is available" in line and "--device cpu" in line
+    data = tmp_path / "ep.json"
+    data.write_text("[]")
+    assert main(["eval", str(tiny), "--tasks", "socialbench_ep_situ_en", "--task-data", f"socialbench_ep={data}",
+                 "--device", "cuda:0", "-o", str(out)]) == 1
+    line = _err(capsys)
+    assert line.startswith("error: ") and "no CUDA GPU is available" in line
+    assert not out.exists() and not list(tmp_path.glob("o*"))
+
+
+def test_constant_judge_is_flagged():
+    """A judge that answers 'A' (Openness high) to every question: its top answer is A for 100 % of the
+    units; its success is the share of Openness-high speakers (3 of 30 cards, each played once), and the
+    validity line says the answer is almost constant. A rule-following judge is not flagged."""
+    from compress.eval.persona.run import _rates_markdown, _validity_markdown
+
+    rows = [r for d in _judged(lambda c, half: "A") for r in metrics.units(d)]
+    r = metrics.rates(rows)
+    assert r["top_answer"] == {"letter": "A", "share": 1.0}
+    assert r["success"] == pytest.approx(3 / 30)
+    line = _validity_markdown({"accuracy": r["success"], "threshold": 0.9, "rates": r, "judge_is_bottleneck": True}, 15)
+    assert "The judge answered A (O high) to 100.0% of these questions" in line
+    table = _rates_markdown([{"name": "m", "rates": r, "passing": 0, "trait_leaks": 0}])
+    assert table.splitlines()[-1].endswith("| A 100.0 |")
+    right = [r for d in _judged(lambda c, half: expected_letter(c)) for r in metrics.units(d)]
+    rr = metrics.rates(right)
+    assert rr["top_answer"]["share"] == pytest.approx(3 / 30)  # ten options, three cards each
+    ok = _validity_markdown({"accuracy": 1.0, "threshold": 0.9, "rates": rr, "judge_is_bottleneck": False}, 15)
+    assert "answered" not in ok and "bottleneck" not in ok
+    assert metrics.top_answer([{"answer": None}]) is None
+    tie = metrics.top_answer([{"answer": "C"}, {"answer": "B"}, {"answer": None}])
+    assert tie == {"letter": "B", "share": pytest.approx(1 / 3)}

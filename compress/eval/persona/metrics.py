@@ -7,7 +7,10 @@ pick, the judge's answer on the whole dialogue and on its first half. Rates:
 - unclear = share answered "unclear"; unreadable = share with no readable answer (generative judge);
 - drift = success on the whole dialogue minus success on its first half (turns 1..N/2): negative
   when the persona fades as the dialogue goes on;
-- chance = 1/11, the success of a judge answering uniformly at random.
+- chance = 1/11, the success of a judge answering uniformly at random;
+- top answer = the judge's most frequent answer and the share of units it was given to: a judge that
+  gives one answer to (nearly) every question measures only how many speakers hold that persona, and
+  then gives every model the same rate on the same cards.
 A dialogue passes (enters the PsyPlay-Bench-style corpus) when both speakers are judged right.
 """
 
@@ -46,6 +49,16 @@ def _by(rows: list[dict[str, Any]], field: str, values: Iterable[str]) -> dict[s
     return out
 
 
+def top_answer(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """{letter, share}: the most frequent readable answer on the whole dialogues (ties: the earlier
+    letter) and its share of all units (unreadable ones included); None without a readable answer."""
+    answers = [r["answer"] for r in rows if r["answer"] is not None]
+    if not answers:
+        return None
+    letter = max(sorted(set(answers)), key=answers.count)
+    return {"letter": letter, "share": answers.count(letter) / len(rows)}
+
+
 def rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
     full, half = _share(rows, "success"), _share(rows, "success_half")
     return {"n": len(rows), "success": full, "success_half": half,
@@ -53,7 +66,7 @@ def rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "unclear": sum(r["answer"] == UNCLEAR for r in rows) / len(rows) if rows else None,
             "unreadable": sum(r["answer"] is None for r in rows) / len(rows) if rows else None,
             "chance": CHANCE, "by_trait": _by(rows, "trait", TRAITS), "by_polarity": _by(rows, "polarity", POLARITIES),
-            "by_level": _by(rows, "level", LEVELS)}
+            "by_level": _by(rows, "level", LEVELS), "top_answer": top_answer(rows)}
 
 
 def passes(dialogue: dict[str, Any]) -> bool:

@@ -27,12 +27,13 @@ from compress.errors import CompressError
 from compress.eval.persona import metrics
 from compress.eval.persona.cards import load_cards
 from compress.eval.persona.dialogue import play, schedule, trait_leaks
-from compress.eval.persona.judge import ask, check_judge_template, question
+from compress.eval.persona.judge import LETTERS, OPTIONS, ask, check_judge_template, question
 from compress.eval.persona.state import State, key, state_path
 from compress.progress import info, progress_bar
 
 TOPICS_FILE = Path(__file__).resolve().parent / "topics.jsonl"
 VALIDITY_THRESHOLD = 0.90
+CONSTANT_JUDGE = 0.75  # a judge giving one answer to at least this share of its validity questions is flagged
 JUDGE_MODES = ("loglik", "generative")
 JUDGE_TEMPLATES = ("chat", "plain")
 
@@ -254,14 +255,24 @@ def _validity_markdown(v: dict[str, Any], n: int) -> str:
     if v["judge_is_bottleneck"]:
         head += (f" This is below {_pct(v['threshold'])}%: the judge, not the model, is the bottleneck, and the "
                  "success rates below do not measure the models' role-play.")
+    top = v["rates"].get("top_answer")
+    if top and top["share"] >= CONSTANT_JUDGE:
+        head += (f" The judge answered {top['letter']} ({_option_name(top['letter'])}) to {_pct(top['share'])}% "
+                 "of these questions: an almost constant answer, so its rates count the speakers who hold that "
+                 "persona and are the same for every model playing the same cards.")
     return head + "\n\n"
+
+
+def _option_name(letter: str) -> str:
+    opt = OPTIONS[LETTERS.index(letter)]
+    return "unclear" if opt is None else f"{opt[0]} {opt[1]}"
 
 
 def _rates_markdown(records: list[dict[str, Any]]) -> str:
     from compress.eval.persona.cards import LEVELS, POLARITIES, TRAITS
 
     heads = ["model", "success", "first half", "drift", "unclear", "unreadable", *TRAITS, *POLARITIES, *LEVELS,
-             "passing", "trait named"]
+             "passing", "trait named", "top answer"]
     lines = ["", "Success rates (percent; chance 9.1%):", "", "| " + " | ".join(heads) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(heads) - 1)) + "|"]
     for rec in records:
@@ -271,7 +282,8 @@ def _rates_markdown(records: list[dict[str, Any]]) -> str:
         cells += [_pct(r["by_trait"][t]["success"]) for t in TRAITS]
         cells += [_pct(r["by_polarity"][p]["success"]) for p in POLARITIES]
         cells += [_pct(r["by_level"][lv]["success"]) for lv in LEVELS]
-        cells += [str(rec["passing"]), str(rec["trait_leaks"])]
+        top = r.get("top_answer")
+        cells += [str(rec["passing"]), str(rec["trait_leaks"]), "-" if not top else f"{top['letter']} {_pct(top['share'])}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
