@@ -30,7 +30,7 @@ import torch
 import yaml
 
 
-def bench_recipe(run: Path, heldout: Path, gsm8k: int) -> dict:
+def bench_recipe(run: Path, heldout: Path, gsm8k: int, gsm8k_models: list[str] | None = None) -> dict:
     state = json.loads((run / "pipeline.json").read_text())
     v = state["recipe"]["vars"]
     st = {s["name"]: s for s in state["stages"]}
@@ -47,10 +47,11 @@ def bench_recipe(run: Path, heldout: Path, gsm8k: int) -> dict:
                        f"--max-length {v['len']}"})
     for who in ("gemma", "math"):
         stages.append({"name": f"held-aligned-{who}", "run": f"fuse align {{held-pivot}} {{held-{who}}}"})
-    if gsm8k:
-        for name, path in models(run, Path(str(run) + "-bench")).items():
-            stages.append({"name": f"gsm8k-{name}", "run": f"eval run {path} --tasks gsm8k --limit {gsm8k} "
-                           "--max-gen-toks 192", "output": "folder"})
+    if gsm8k:  # one eval run: the control first, so each other model gets a paired bootstrap against it
+        ms = {k: m for k, m in models(run, Path(str(run) + "-bench")).items() if not gsm8k_models or k in gsm8k_models}
+        order = ["control"] + [k for k in ms if k != "control"]
+        stages.append({"name": "gsm8k", "run": f"eval run {' '.join(ms[k] for k in order)} --names {','.join(order)} "
+                       f"--tasks gsm8k --limit {gsm8k} --max-gen-toks 192 --json", "output": "folder"})
     return {"name": "fusechat-bench", "stages": stages}
 
 
@@ -106,11 +107,26 @@ def bootstrap(a: np.ndarray, b: np.ndarray, na: np.ndarray, reps: int = 2000, se
     return float(diff), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
+def gsm8k_table(path: Path) -> dict:
+    """GSM8K exact-match accuracy of each model and its paired bootstrap interval against the control."""
+    ev = json.loads(path.read_text())
+    out = {}
+    print(f"\n| model | GSM8K accuracy ({ev['settings']['limit']} items) | Δ vs control, points [95% CI] |\n|---|---|---|")
+    for rec in ev["models"]:
+        r = rec["results"]["gsm8k"]
+        ci = (rec.get("delta_ci") or {}).get("gsm8k")
+        out[rec["name"]] = {"metric": r.get("metric"), "acc": r.get(r.get("metric")), "delta_ci": ci}
+        d = f"{ci['diff']:+.1f} [{ci['lo']:+.1f}, {ci['hi']:+.1f}]" if ci else "-"
+        print(f"| {rec['name']} | {100 * float(out[rec['name']]['acc']):.1f} % | {d} |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="runs/fusechat")
     ap.add_argument("--heldout", type=int, default=24, help="Held-out records (after the training records).")
     ap.add_argument("--gsm8k", type=int, default=0, help="GSM8K test items per model via compress eval (0: skip).")
+    ap.add_argument("--gsm8k-models", default="", help="Comma list of the models scored on GSM8K (default: all).")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuse_train.json"))
     args = ap.parse_args()
     from compress.fuse.aligned import read_aligned
@@ -126,7 +142,7 @@ def main() -> None:
     if not held.exists():
         held.write_text("\n".join(lines[start: start + args.heldout]) + "\n")
     rfile = Path(str(run) + "-bench.yml")
-    rfile.write_text(yaml.safe_dump(bench_recipe(run, held, args.gsm8k), sort_keys=False))
+    rfile.write_text(yaml.safe_dump(bench_recipe(run, held, args.gsm8k, [m for m in args.gsm8k_models.split(',') if m]), sort_keys=False))
     t0, c0 = time.perf_counter(), os.times()
     run_recipe(rfile, bench)
     c1 = os.times()
@@ -151,6 +167,8 @@ def main() -> None:
         res["models"][name] = row
         print(f"| {name} | {row['nll_per_token']:.4f} | {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] | "
               f"{row['kl_gemma']:.4f} | {row['kl_math']:.4f} |")
+    if args.gsm8k:
+        res["gsm8k"] = gsm8k_table(bench / "stages" / "gsm8k" / "eval.json")
     res["load_average_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 
