@@ -1,6 +1,6 @@
 """Fusion benchmark: FuseChat targets against a CLM-only control, then the targets merged four ways.
 
-    python bench/fuse_train.py --run runs/fusechat --heldout 24 [--gsm8k 20]
+    python bench/fuse_train.py --run runs/fusechat --heldout 24 [--gsm8k 20] [--only-heldout]
 
 Reads a finished `compress fuse run examples/fusechat.yml -o RUN` (pivot representation, aligned
 sources, target-gemma, target-math) and adds, as a second resumable recipe in RUN-bench/:
@@ -30,7 +30,17 @@ import torch
 import yaml
 
 
-def bench_recipe(run: Path, heldout: Path, gsm8k: int, gsm8k_models: list[str] | None = None) -> dict:
+def held_recipe(v: dict, heldout: Path) -> dict:
+    """Representations of the held-out records by the pivot and each source, the sources aligned (mined):
+    independent of the trained models, so `--only-heldout` can run them while the fusion run trains."""
+    stages = [{"name": f"held-{who}", "run": f"fuse represent {v[who]} --data {heldout} --k 10 --max-length {v['len']}"}
+              for who in ("pivot", "gemma", "math")]
+    stages += [{"name": f"held-aligned-{who}", "run": f"fuse align {{held-pivot}} {{held-{who}}} --vocab-map mined"}
+               for who in ("gemma", "math")]
+    return {"name": "fusechat-heldout", "stages": stages}
+
+
+def bench_recipe(run: Path, gsm8k: int, gsm8k_models: list[str] | None = None) -> dict:
     state = json.loads((run / "pipeline.json").read_text())
     v = state["recipe"]["vars"]
     st = {s["name"]: s for s in state["stages"]}
@@ -42,11 +52,6 @@ def bench_recipe(run: Path, heldout: Path, gsm8k: int, gsm8k_models: list[str] |
     targets = f"{run}/stages/target-gemma {run}/stages/target-math"
     for m in ("varm", "linear", "task_arithmetic", "sce"):
         stages.append({"name": f"merged-{m}", "run": f"merge --method {m} --base {v['pivot']} {targets}"})
-    for who in ("pivot", "gemma", "math"):
-        stages.append({"name": f"held-{who}", "run": f"fuse represent {v[who]} --data {heldout} --k 10 "
-                       f"--max-length {v['len']}"})
-    for who in ("gemma", "math"):
-        stages.append({"name": f"held-aligned-{who}", "run": f"fuse align {{held-pivot}} {{held-{who}}}"})
     if gsm8k:  # one eval run: the control first, so each other model gets a paired bootstrap against it
         ms = {k: m for k, m in models(run, Path(str(run) + "-bench")).items() if not gsm8k_models or k in gsm8k_models}
         order = ["control"] + [k for k in ms if k != "control"]
@@ -127,6 +132,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=24, help="Held-out records (after the training records).")
     ap.add_argument("--gsm8k", type=int, default=0, help="GSM8K test items per model via compress eval (0: skip).")
     ap.add_argument("--gsm8k-models", default="", help="Comma list of the models scored on GSM8K (default: all).")
+    ap.add_argument("--only-heldout", action="store_true", help="Only the held-out representations (RUN-held).")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuse_train.json"))
     args = ap.parse_args()
     from compress.fuse.aligned import read_aligned
@@ -141,13 +147,19 @@ def main() -> None:
     held = Path(str(run) + "-heldout.jsonl")
     if not held.exists():
         held.write_text("\n".join(lines[start: start + args.heldout]) + "\n")
-    rfile = Path(str(run) + "-bench.yml")
-    rfile.write_text(yaml.safe_dump(bench_recipe(run, held, args.gsm8k, [m for m in args.gsm8k_models.split(',') if m]), sort_keys=False))
     t0, c0 = time.perf_counter(), os.times()
+    hfile, hdir = Path(str(run) + "-held.yml"), Path(str(run) + "-held")
+    hfile.write_text(yaml.safe_dump(held_recipe(v, held), sort_keys=False))
+    run_recipe(hfile, hdir)
+    if args.only_heldout:
+        return
+    rfile = Path(str(run) + "-bench.yml")
+    rfile.write_text(yaml.safe_dump(bench_recipe(run, args.gsm8k, [m for m in args.gsm8k_models.split(',') if m]),
+                                    sort_keys=False))
     run_recipe(rfile, bench)
     c1 = os.times()
-    hp = read_rep(bench / "stages" / "held-pivot")
-    aligned = {w: read_aligned(bench / "stages" / f"held-aligned-{w}")[1] for w in ("gemma", "math")}
+    hp = read_rep(hdir / "stages" / "held-pivot")
+    aligned = {w: read_aligned(hdir / "stages" / f"held-aligned-{w}")[1] for w in ("gemma", "math")}
     res: dict = {"load_average": os.getloadavg(), "machine": "2 shared CPU cores", "train_records": start,
                  "heldout_records": args.heldout, "recipe_vars": v,
                  "pipeline_wall_s": time.perf_counter() - t0,
