@@ -1,6 +1,6 @@
 """Fusion benchmark: FuseChat targets against a CLM-only control, then the targets merged four ways.
 
-    python bench/fuse_train.py --run runs/fusechat --heldout 24 [--gsm8k 20]
+    python bench/fuse_train.py --run runs/fusechat --heldout 24 [--gsm8k 20] [--only-heldout]
 
 Reads a finished `compress fuse run examples/fusechat.yml -o RUN` (pivot representation, aligned
 sources, target-gemma, target-math) and adds, as a second resumable recipe in RUN-bench/:
@@ -30,7 +30,17 @@ import torch
 import yaml
 
 
-def bench_recipe(run: Path, heldout: Path, gsm8k: int) -> dict:
+def held_recipe(v: dict, heldout: Path) -> dict:
+    """Representations of the held-out records by the pivot and each source, the sources aligned (mined):
+    independent of the trained models, so `--only-heldout` can run them while the fusion run trains."""
+    stages = [{"name": f"held-{who}", "run": f"fuse represent {v[who]} --data {heldout} --k 10 --max-length {v['len']}"}
+              for who in ("pivot", "gemma", "math")]
+    stages += [{"name": f"held-aligned-{who}", "run": f"fuse align {{held-pivot}} {{held-{who}}} --vocab-map mined"}
+               for who in ("gemma", "math")]
+    return {"name": "fusechat-heldout", "stages": stages}
+
+
+def bench_recipe(run: Path, gsm8k: int, gsm8k_models: list[str] | None = None) -> dict:
     state = json.loads((run / "pipeline.json").read_text())
     v = state["recipe"]["vars"]
     st = {s["name"]: s for s in state["stages"]}
@@ -42,15 +52,11 @@ def bench_recipe(run: Path, heldout: Path, gsm8k: int) -> dict:
     targets = f"{run}/stages/target-gemma {run}/stages/target-math"
     for m in ("varm", "linear", "task_arithmetic", "sce"):
         stages.append({"name": f"merged-{m}", "run": f"merge --method {m} --base {v['pivot']} {targets}"})
-    for who in ("pivot", "gemma", "math"):
-        stages.append({"name": f"held-{who}", "run": f"fuse represent {v[who]} --data {heldout} --k 10 "
-                       f"--max-length {v['len']}"})
-    for who in ("gemma", "math"):
-        stages.append({"name": f"held-aligned-{who}", "run": f"fuse align {{held-pivot}} {{held-{who}}}"})
-    if gsm8k:
-        for name, path in models(run, Path(str(run) + "-bench")).items():
-            stages.append({"name": f"gsm8k-{name}", "run": f"eval run {path} --tasks gsm8k --limit {gsm8k} "
-                           "--max-gen-toks 192", "output": "folder"})
+    if gsm8k:  # one eval run: the control first, so each other model gets a paired bootstrap against it
+        ms = {k: m for k, m in models(run, Path(str(run) + "-bench")).items() if not gsm8k_models or k in gsm8k_models}
+        order = ["control"] + [k for k in ms if k != "control"]
+        stages.append({"name": "gsm8k", "run": f"eval run {' '.join(ms[k] for k in order)} --names {','.join(order)} "
+                       f"--tasks gsm8k --limit {gsm8k} --max-gen-toks 192 --json", "output": "folder"})
     return {"name": "fusechat-bench", "stages": stages}
 
 
@@ -106,11 +112,27 @@ def bootstrap(a: np.ndarray, b: np.ndarray, na: np.ndarray, reps: int = 2000, se
     return float(diff), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
+def gsm8k_table(path: Path) -> dict:
+    """GSM8K exact-match accuracy of each model and its paired bootstrap interval against the control."""
+    ev = json.loads(path.read_text())
+    out = {}
+    print(f"\n| model | GSM8K accuracy ({ev['settings']['limit']} items) | Δ vs control, points [95% CI] |\n|---|---|---|")
+    for rec in ev["models"]:
+        r = rec["results"]["gsm8k"]
+        ci = (rec.get("delta_ci") or {}).get("gsm8k")
+        out[rec["name"]] = {"metric": r.get("metric"), "acc": r.get(r.get("metric")), "delta_ci": ci}
+        d = f"{ci['diff']:+.1f} [{ci['lo']:+.1f}, {ci['hi']:+.1f}]" if ci else "-"
+        print(f"| {rec['name']} | {100 * float(out[rec['name']]['acc']):.1f} % | {d} |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="runs/fusechat")
     ap.add_argument("--heldout", type=int, default=24, help="Held-out records (after the training records).")
     ap.add_argument("--gsm8k", type=int, default=0, help="GSM8K test items per model via compress eval (0: skip).")
+    ap.add_argument("--gsm8k-models", default="", help="Comma list of the models scored on GSM8K (default: all).")
+    ap.add_argument("--only-heldout", action="store_true", help="Only the held-out representations (RUN-held).")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuse_train.json"))
     args = ap.parse_args()
     from compress.fuse.aligned import read_aligned
@@ -125,13 +147,19 @@ def main() -> None:
     held = Path(str(run) + "-heldout.jsonl")
     if not held.exists():
         held.write_text("\n".join(lines[start: start + args.heldout]) + "\n")
-    rfile = Path(str(run) + "-bench.yml")
-    rfile.write_text(yaml.safe_dump(bench_recipe(run, held, args.gsm8k), sort_keys=False))
     t0, c0 = time.perf_counter(), os.times()
+    hfile, hdir = Path(str(run) + "-held.yml"), Path(str(run) + "-held")
+    hfile.write_text(yaml.safe_dump(held_recipe(v, held), sort_keys=False))
+    run_recipe(hfile, hdir)
+    if args.only_heldout:
+        return
+    rfile = Path(str(run) + "-bench.yml")
+    rfile.write_text(yaml.safe_dump(bench_recipe(run, args.gsm8k, [m for m in args.gsm8k_models.split(',') if m]),
+                                    sort_keys=False))
     run_recipe(rfile, bench)
     c1 = os.times()
-    hp = read_rep(bench / "stages" / "held-pivot")
-    aligned = {w: read_aligned(bench / "stages" / f"held-aligned-{w}")[1] for w in ("gemma", "math")}
+    hp = read_rep(hdir / "stages" / "held-pivot")
+    aligned = {w: read_aligned(hdir / "stages" / f"held-aligned-{w}")[1] for w in ("gemma", "math")}
     res: dict = {"load_average": os.getloadavg(), "machine": "2 shared CPU cores", "train_records": start,
                  "heldout_records": args.heldout, "recipe_vars": v,
                  "pipeline_wall_s": time.perf_counter() - t0,
@@ -151,6 +179,8 @@ def main() -> None:
         res["models"][name] = row
         print(f"| {name} | {row['nll_per_token']:.4f} | {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] | "
               f"{row['kl_gemma']:.4f} | {row['kl_math']:.4f} |")
+    if args.gsm8k:
+        res["gsm8k"] = gsm8k_table(bench / "stages" / "gsm8k" / "eval.json")
     res["load_average_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 

@@ -199,6 +199,37 @@ def test_lambda_one_is_plain_ce_and_kl_zero_for_the_target_itself(world, tmp_pat
     assert abs(_history(tmp_path / "c")[0]["kl"]) < 1e-5 and res["chosen_by_mince"] == {"pivot": len(RECORDS)}
 
 
+def test_first_step_loss_is_lambda_ce_plus_fusellm_soft_ce(world, tmp_path):
+    """λ = 0.4, the source the only candidate: the distill loop's first loss (initial weights, one batch of
+    every record) is λ·CE(gold) + (1 − λ)·FuseLLM's soft CE −Σ_j p̃_j log q(id_j), p̃ the aligned source
+    row renormalised over its slots, both averaged over the labels, computed here from the model's logits."""
+    from compress.fuse.aligned import read_aligned
+    from compress.fuse.records import Renderer, read_records
+    from compress.fuse.train import fuse_train
+    from compress.model.load import load
+
+    w, lam = world, 0.4
+    fuse_train(w["pivot"], w["data"], tmp_path / "t", pivot_rep=str(w["root"] / "rep-pivot"),
+               sources=[str(w["root"] / "aligned")], with_pivot=False, lam=lam, loss="ce", max_steps=1,
+               batch_size=8, lr=1e-3, seed=1)
+    t = read_aligned(w["root"] / "aligned")[1]
+    model, tok = load(w["pivot"])
+    r = Renderer(tok)
+    ce, soft, n = 0.0, 0.0, 0
+    with torch.no_grad():
+        for i, rec in enumerate(read_records(w["data"])):
+            it = r.render(rec)
+            a, b = int(t["offsets"][i]), int(t["offsets"][i + 1])
+            assert it.labels == t["labels"][a:b].tolist()
+            logq = model(torch.tensor([it.prompt + it.labels])).logits[0].float().log_softmax(-1)
+            logq = logq[len(it.prompt) - 1: len(it.prompt) - 1 + len(it.labels)]
+            ce -= float(logq.gather(-1, torch.tensor(it.labels)[:, None]).sum())
+            p = t["logprobs"][a:b].float().softmax(-1)
+            soft -= float((p * logq.gather(-1, t["ids"][a:b].long())).sum())
+            n += len(it.labels)
+    assert _history(tmp_path / "t")[0]["loss"] == pytest.approx(lam * ce / n + (1 - lam) * soft / n, rel=1e-4)
+
+
 def test_bad_inputs_are_one_error(world, tmp_path):
     from compress.cli import main
     from compress.fuse.aligned import align
