@@ -48,6 +48,8 @@ TARGET, GEMMA = "/work/models/smollm2", "/work/models/gemma3"
 GSM8K_SOURCE = "/work/models/smollm2-gsm8k"
 TASK = {  # max new tokens, stop strings, verifier
     "arc_easy": (8, ["\n\n", "Question:"], "choice"),
+    "arc_easy_words": (24, ["\n", "Question:"], "choice"),
+    "arc_easy_open": (16, ["\n", "Question:"], "closest"),
     "boolq": (6, ["\n"], "choice"),
     "gsm8k": (256, ["\n\nQuestion", "\n\n\n"], "gsm8k"),
 }
@@ -150,10 +152,12 @@ def main() -> None:
     ap.add_argument("--eval-items", type=int, default=300)
     ap.add_argument("--shots", type=int, default=3, help="Few-shot examples of the plain (base-model) format.")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--gsm8k-source", default=GSM8K_SOURCE)
+    ap.add_argument("--gsm8k-source", default=GSM8K_SOURCE, help="Second source; 'none': Gemma-3-270M alone.")
     ap.add_argument("--gsm8k-steps", type=int, default=32)
     ap.add_argument("--work", default="/work/tmp_implicit/bench")
     ap.add_argument("--only-eval", action="store_true", help="Evaluate the models that exist; train nothing.")
+    ap.add_argument("--eval-rows", default="", help="With --only-eval: comma list of row keys to evaluate "
+                    "(target, gemma3, smollm2-gsm8k, sft, ln-dpo, wrpo, dpo-ws, dpo-wt, seft); default all.")
     ap.add_argument("--skip", default="", help="Comma list of rows not to train/evaluate (e.g. wrpo).")
     a = ap.parse_args()
     work = Path(a.work) / a.task
@@ -168,12 +172,13 @@ def main() -> None:
     src = a.gsm8k_source
     if a.only_eval:
         return run_eval(a, work, evals, plain_fmt, src, st)
-    if not (Path(src) / "config.json").is_file():
+    if src != "none" and not (Path(src) / "config.json").is_file():
         data = gsm8k_sft_file(work / "gsm8k_sft.jsonl", a.gsm8k_steps * a.batch_size)
         st.run("gsm8k-source", ["distill", "train", TARGET, "--method", "sft", "--data", str(data), "-o", src,
                                 "--max-steps", str(a.gsm8k_steps), "--batch-size", str(a.batch_size), "--lr", "2e-5",
                                 "--max-length", "384", "--seed", str(a.seed)], Path(src) / "compress.json")
-    common = ["--source", GEMMA, "--plain", "gemma3", "--plain-format", plain_fmt, "--source", src,
+    second = [] if src == "none" else ["--source", src]
+    common = ["--source", GEMMA, "--plain", "gemma3", "--plain-format", plain_fmt, *second,
               "--verifier", vname, "--n", str(a.n), "--max-new-tokens", str(max_new), "--dtype", "bf16",
               "--batch-size", "16", "--shard-size", "8", "--seed", str(a.seed)] + [x for s in stop for x in ("--stop", s)]
     ba, bb = work / "build-a", work / "build-b"
@@ -206,13 +211,19 @@ def main() -> None:
 
 def run_eval(a, work: Path, evals: list[dict], plain_fmt: str, src: str, st: Stages) -> None:
     models, tsft = work / "models", work / "models" / "sft"
-    rows = [("target", TARGET, None), ("source: gemma3", GEMMA, plain_fmt), ("source: smollm2-gsm8k", src, None),
+    rows = [("target", TARGET, None), ("source: gemma3", GEMMA, plain_fmt),
+            *([] if src == "none" else [("source: smollm2-gsm8k", src, None)]),
             ("SFT (FuseChat-3.0 data)", str(tsft), None), ("SFT + LN-DPO (FuseChat-3.0)", str(models / "ln-dpo"), None),
             ("SFT + WRPO", str(models / "wrpo"), None), ("SFT + DPO (y_ws, y_l)", str(models / "dpo-ws"), None),
             ("SFT + DPO (y_wt, y_l)", str(models / "dpo-wt"), None), ("SEFT", str(models / "seft"), None)]
     (work / "eval").mkdir(exist_ok=True)
     results = []
-    for name, path, fmt in rows:
+    keys = ["target", "gemma3", *([] if src == "none" else ["smollm2-gsm8k"]), "sft", "ln-dpo", "wrpo", "dpo-ws",
+            "dpo-wt", "seft"]
+    wanted = {k for k in a.eval_rows.split(",") if k}
+    for key, (name, path, fmt) in zip(keys, rows, strict=True):
+        if wanted and key not in wanted:
+            continue
         if not (Path(path) / "config.json").is_file():
             print(f"  {name}: no model at {path} (skipped)", flush=True)
             continue

@@ -164,7 +164,44 @@ class ChoiceVerifier:
         return out
 
 
-VERIFIERS = {"gsm8k": GSM8KVerifier, "choice": ChoiceVerifier}
+def closest_choice(text: str, choices: dict[str, str]) -> str | None:
+    """The label of the option whose text is most similar to the response's first non-empty line:
+    argmax over options of difflib's ratio 2·M/(|a|+|b|) (M = matched characters), lower-cased; the first
+    option wins a tie; None for an empty response."""
+    import difflib
+
+    line = next((x.strip().lower() for x in text.splitlines() if x.strip()), "")
+    if not line:
+        return None
+    ratios = {k: difflib.SequenceMatcher(None, line, v.strip().lower()).ratio() for k, v in choices.items()}
+    return max(ratios, key=lambda k: ratios[k])
+
+
+class ClosestChoiceVerifier:
+    """Right when the option whose text is closest to the response's first line (`closest_choice`) is the
+    reference's option: multiple choice answered in words without the options being labelled (as
+    cool-fusion's ARC-Easy benchmark scores it). Needs the options' texts in every reference."""
+
+    name = "closest"
+    kind: Kind = "verifier"
+    units = ("1 = the option whose text is closest (difflib ratio) to the response's first line is the reference's "
+             "option; 0 otherwise (empty response: 0)")
+
+    def check(self, references: list[Any]) -> None:
+        for r in references:
+            if not choice_gold(r)[1]:
+                raise CompressError("the closest-option verifier needs each reference's option texts "
+                                    "({'answer': label, 'choices': {label: text}})")
+
+    def score(self, prompts: list[Any], responses: list[str], references: list[Any]) -> list[float]:
+        out = []
+        for resp, ref in zip(responses, references, strict=True):
+            gold, choices = choice_gold(ref)
+            out.append(1.0 if choices and closest_choice(resp, choices) == gold else 0.0)
+        return out
+
+
+VERIFIERS = {"gsm8k": GSM8KVerifier, "choice": ChoiceVerifier, "closest": ClosestChoiceVerifier}
 
 
 # ------------------------------------------------------------------------------ model-based scores
@@ -336,8 +373,8 @@ class RewardModel:
         return out
 
 
-def make_verifier(name: str | None) -> GSM8KVerifier | ChoiceVerifier | None:
-    """A verifier by name ('gsm8k', 'choice'), or None for 'none' / None."""
+def make_verifier(name: str | None) -> GSM8KVerifier | ChoiceVerifier | ClosestChoiceVerifier | None:
+    """A verifier by name ('gsm8k', 'choice', 'closest'), or None for 'none' / None."""
     if name in (None, "none"):
         return None
     if name not in VERIFIERS:
