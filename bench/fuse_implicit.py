@@ -68,15 +68,28 @@ class Stages:
         self.done = json.loads(self.file.read_text()) if self.file.is_file() else {}
 
     def run(self, name: str, argv: list[str], marker: Path) -> None:
+        """Runs the stage unless its output exists or another bench process holds its lock (independent stages
+        can then run in two processes at once: each takes the stages the other has not started)."""
         if marker.exists():
             return
+        lock = self.work / f".stage-{name}.running"
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            print(f"  {name}: run by another process ({lock}); skipped here", flush=True)
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(argv)}", flush=True)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         t0, c0, l0 = time.time(), children_cpu(), os.getloadavg()[0]
         subprocess.run([sys.executable, "-m", "compress", *argv], check=True, env=env)
-        self.done[name] = {"wall_s": time.time() - t0, "cpu_s": children_cpu() - c0,
-                           "load_start": l0, "load_end": os.getloadavg()[0]}
-        self.file.write_text(json.dumps(self.done, indent=2))
+        done = json.loads(self.file.read_text()) if self.file.is_file() else {}
+        done[name] = {"wall_s": time.time() - t0, "cpu_s": children_cpu() - c0,
+                      "load_start": l0, "load_end": os.getloadavg()[0]}
+        self.done = done
+        self.file.write_text(json.dumps(done, indent=2))
+        lock.unlink()
 
 
 # ------------------------------------------------------------------------------------- data
@@ -158,6 +171,7 @@ def main() -> None:
     ap.add_argument("--only-eval", action="store_true", help="Evaluate the models that exist; train nothing.")
     ap.add_argument("--eval-rows", default="", help="With --only-eval: comma list of row keys to evaluate "
                     "(target, gemma3, smollm2-gsm8k, sft, ln-dpo, wrpo, dpo-ws, dpo-wt, seft); default all.")
+    ap.add_argument("--no-eval", action="store_true", help="Train only (evaluate later with --only-eval).")
     ap.add_argument("--skip", default="", help="Comma list of rows not to train/evaluate (e.g. wrpo).")
     a = ap.parse_args()
     work = Path(a.work) / a.task
@@ -206,7 +220,8 @@ def main() -> None:
                         "--lr", str(a.sft_lr), "--max-steps", str(a.steps), "--batch-size", str(a.batch_size),
                         "--seed", str(a.seed), "--max-length", "512"] + [x for s in stop for x in ("--stop", s)],
                models / "seft" / "compress.json")
-    run_eval(a, work, evals, plain_fmt, src, st)
+    if not a.no_eval:
+        run_eval(a, work, evals, plain_fmt, src, st)
 
 
 def run_eval(a, work: Path, evals: list[dict], plain_fmt: str, src: str, st: Stages) -> None:
@@ -229,6 +244,7 @@ def run_eval(a, work: Path, evals: list[dict], plain_fmt: str, src: str, st: Sta
             continue
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         results.append(evaluate(name, path, evals, a.task, fmt, work / "eval" / f"{slug}.jsonl"))
+    st.done = json.loads(st.file.read_text()) if st.file.is_file() else {}
     builds = {}
     for b in ("build-a", "build-b"):
         if not (work / b / "report.json").is_file():

@@ -111,7 +111,8 @@ _PAREN = re.compile(r"\(" + _LABEL + r"\)")
 def choice_label(text: str, labels: tuple[str, ...] = LETTERS, choices: dict[str, str] | None = None) -> str | None:
     """The option label a response picks, or None. In order: 'answer is X' / 'answer: X'; a label that
     opens the response on its own ('B', 'B.', '(B)', 'B)'); a single '(X)' in the text; with `choices`
-    ({label: option text}), the one option whose text the response contains as whole words. A label must be in `labels`
+    ({label: option text}), the one option whose text (less a final '.', '!', '?', ';' or ',') the response contains as
+    whole words. A label must be in `labels`
     ('A plant ...' is an article, not option A)."""
     for pat in (_ANSWER_IS, _LEADING):
         m = pat.search(text.strip())
@@ -122,8 +123,8 @@ def choice_label(text: str, labels: tuple[str, ...] = LETTERS, choices: dict[str
         return found.pop()
     if choices:
         low = text.lower()
-        hits = [k for k, v in choices.items()
-                if v.strip() and re.search(r"(?<!\w)" + re.escape(v.strip().lower()) + r"(?!\w)", low)]
+        words = {k: v.strip().rstrip(".!?;,").strip().lower() for k, v in choices.items()}  # 'soil.' is named by 'soil'
+        hits = [k for k, v in words.items() if v and re.search(r"(?<!\w)" + re.escape(v) + r"(?!\w)", low)]
         if len(hits) == 1:
             return hits[0]
     return None

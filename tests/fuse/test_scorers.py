@@ -60,6 +60,10 @@ def test_choice_label_by_option_text_and_digits():
     assert choice_label("No, it is not.", choices=yes_no) == "B"
     assert choice_label("Yes, I know it is not", choices=yes_no) == "A"  # whole words: 'know' and 'not' hold no 'no'
     assert choice_label("yes or no", choices=yes_no) is None
+    # ARC options often end with a full stop; the answer names the option without it
+    arc = {"A": "soil.", "B": "minerals.", "C": "food.", "D": "water."}
+    assert choice_label("Plants make food", choices=arc) == "C"
+    assert choice_label("food.", choices=arc) == "C"
     v = ChoiceVerifier()
     assert v.score(["", "", ""], ["B", "1. first we note", "3"], ["B", "2", "3"]) == [1.0, 0.0, 1.0]
     with pytest.raises(CompressError, match="cannot score free text"):
