@@ -48,6 +48,8 @@ TARGET, GEMMA = "/work/models/smollm2", "/work/models/gemma3"
 GSM8K_SOURCE = "/work/models/smollm2-gsm8k"
 TASK = {  # max new tokens, stop strings, verifier
     "arc_easy": (8, ["\n\n", "Question:"], "choice"),
+    "arc_easy_words": (24, ["\n", "Question:"], "choice"),
+    "arc_easy_open": (16, ["\n", "Question:"], "closest"),
     "boolq": (6, ["\n"], "choice"),
     "gsm8k": (256, ["\n\nQuestion", "\n\n\n"], "gsm8k"),
 }
@@ -66,15 +68,28 @@ class Stages:
         self.done = json.loads(self.file.read_text()) if self.file.is_file() else {}
 
     def run(self, name: str, argv: list[str], marker: Path) -> None:
+        """Runs the stage unless its output exists or another bench process holds its lock (independent stages
+        can then run in two processes at once: each takes the stages the other has not started)."""
         if marker.exists():
             return
+        lock = self.work / f".stage-{name}.running"
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            print(f"  {name}: run by another process ({lock}); skipped here", flush=True)
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(argv)}", flush=True)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         t0, c0, l0 = time.time(), children_cpu(), os.getloadavg()[0]
         subprocess.run([sys.executable, "-m", "compress", *argv], check=True, env=env)
-        self.done[name] = {"wall_s": time.time() - t0, "cpu_s": children_cpu() - c0,
-                           "load_start": l0, "load_end": os.getloadavg()[0]}
-        self.file.write_text(json.dumps(self.done, indent=2))
+        done = json.loads(self.file.read_text()) if self.file.is_file() else {}
+        done[name] = {"wall_s": time.time() - t0, "cpu_s": children_cpu() - c0,
+                      "load_start": l0, "load_end": os.getloadavg()[0]}
+        self.done = done
+        self.file.write_text(json.dumps(done, indent=2))
+        lock.unlink()
 
 
 # ------------------------------------------------------------------------------------- data
@@ -150,10 +165,13 @@ def main() -> None:
     ap.add_argument("--eval-items", type=int, default=300)
     ap.add_argument("--shots", type=int, default=3, help="Few-shot examples of the plain (base-model) format.")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--gsm8k-source", default=GSM8K_SOURCE)
+    ap.add_argument("--gsm8k-source", default=GSM8K_SOURCE, help="Second source; 'none': Gemma-3-270M alone.")
     ap.add_argument("--gsm8k-steps", type=int, default=32)
     ap.add_argument("--work", default="/work/tmp_implicit/bench")
     ap.add_argument("--only-eval", action="store_true", help="Evaluate the models that exist; train nothing.")
+    ap.add_argument("--eval-rows", default="", help="With --only-eval: comma list of row keys to evaluate "
+                    "(target, gemma3, smollm2-gsm8k, sft, ln-dpo, wrpo, dpo-ws, dpo-wt, seft); default all.")
+    ap.add_argument("--no-eval", action="store_true", help="Train only (evaluate later with --only-eval).")
     ap.add_argument("--skip", default="", help="Comma list of rows not to train/evaluate (e.g. wrpo).")
     a = ap.parse_args()
     work = Path(a.work) / a.task
@@ -168,12 +186,13 @@ def main() -> None:
     src = a.gsm8k_source
     if a.only_eval:
         return run_eval(a, work, evals, plain_fmt, src, st)
-    if not (Path(src) / "config.json").is_file():
+    if src != "none" and not (Path(src) / "config.json").is_file():
         data = gsm8k_sft_file(work / "gsm8k_sft.jsonl", a.gsm8k_steps * a.batch_size)
         st.run("gsm8k-source", ["distill", "train", TARGET, "--method", "sft", "--data", str(data), "-o", src,
                                 "--max-steps", str(a.gsm8k_steps), "--batch-size", str(a.batch_size), "--lr", "2e-5",
                                 "--max-length", "384", "--seed", str(a.seed)], Path(src) / "compress.json")
-    common = ["--source", GEMMA, "--plain", "gemma3", "--plain-format", plain_fmt, "--source", src,
+    second = [] if src == "none" else ["--source", src]
+    common = ["--source", GEMMA, "--plain", "gemma3", "--plain-format", plain_fmt, *second,
               "--verifier", vname, "--n", str(a.n), "--max-new-tokens", str(max_new), "--dtype", "bf16",
               "--batch-size", "16", "--shard-size", "8", "--seed", str(a.seed)] + [x for s in stop for x in ("--stop", s)]
     ba, bb = work / "build-a", work / "build-b"
@@ -201,23 +220,31 @@ def main() -> None:
                         "--lr", str(a.sft_lr), "--max-steps", str(a.steps), "--batch-size", str(a.batch_size),
                         "--seed", str(a.seed), "--max-length", "512"] + [x for s in stop for x in ("--stop", s)],
                models / "seft" / "compress.json")
-    run_eval(a, work, evals, plain_fmt, src, st)
+    if not a.no_eval:
+        run_eval(a, work, evals, plain_fmt, src, st)
 
 
 def run_eval(a, work: Path, evals: list[dict], plain_fmt: str, src: str, st: Stages) -> None:
     models, tsft = work / "models", work / "models" / "sft"
-    rows = [("target", TARGET, None), ("source: gemma3", GEMMA, plain_fmt), ("source: smollm2-gsm8k", src, None),
+    rows = [("target", TARGET, None), ("source: gemma3", GEMMA, plain_fmt),
+            *([] if src == "none" else [("source: smollm2-gsm8k", src, None)]),
             ("SFT (FuseChat-3.0 data)", str(tsft), None), ("SFT + LN-DPO (FuseChat-3.0)", str(models / "ln-dpo"), None),
             ("SFT + WRPO", str(models / "wrpo"), None), ("SFT + DPO (y_ws, y_l)", str(models / "dpo-ws"), None),
             ("SFT + DPO (y_wt, y_l)", str(models / "dpo-wt"), None), ("SEFT", str(models / "seft"), None)]
     (work / "eval").mkdir(exist_ok=True)
     results = []
-    for name, path, fmt in rows:
+    keys = ["target", "gemma3", *([] if src == "none" else ["smollm2-gsm8k"]), "sft", "ln-dpo", "wrpo", "dpo-ws",
+            "dpo-wt", "seft"]
+    wanted = {k for k in a.eval_rows.split(",") if k}
+    for key, (name, path, fmt) in zip(keys, rows, strict=True):
+        if wanted and key not in wanted:
+            continue
         if not (Path(path) / "config.json").is_file():
             print(f"  {name}: no model at {path} (skipped)", flush=True)
             continue
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         results.append(evaluate(name, path, evals, a.task, fmt, work / "eval" / f"{slug}.jsonl"))
+    st.done = json.loads(st.file.read_text()) if st.file.is_file() else {}
     builds = {}
     for b in ("build-a", "build-b"):
         if not (work / b / "report.json").is_file():

@@ -21,6 +21,8 @@ SHARED = Path(os.environ.get("COMPRESS_SHARED") or next(
     (p / "shared" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT.parent / "shared"))
 DATA = SHARED / "data"
 ARC_INSTRUCTION = "Answer with the letter of the correct option."
+ARC_OPEN_INSTRUCTION = "Answer in a few words."
+ARC_WORDS_INSTRUCTION = "Answer with the correct option, copied word for word."
 BOOLQ_INSTRUCTION = "Answer yes or no."
 GSM_INSTRUCTION = "Solve the problem step by step, then write the final number after '####'."
 
@@ -38,6 +40,25 @@ def arc_record(d: dict) -> dict:
             "reference": {"answer": letter[d["answerKey"]], "choices": {letter[c["label"]]: c["text"] for c in q["choices"]}}}
 
 
+def arc_words_record(d: dict) -> dict:
+    """The options listed without labels, one per line; the answer is written out as the option's words
+    (the choice verifier finds the one option the response contains as whole words)."""
+    q = d["question"]
+    letter = {c["label"]: "ABCDEFGHIJ"[i] for i, c in enumerate(q["choices"])}
+    opts = "".join(f"\n- {c['text']}" for c in q["choices"])
+    return {"id": d["id"], "prompt": f"Question: {q['stem']}\nOptions:{opts}\n{ARC_WORDS_INSTRUCTION}",
+            "reference": {"answer": letter[d["answerKey"]], "choices": {letter[c["label"]]: c["text"] for c in q["choices"]}}}
+
+
+def arc_open_record(d: dict) -> dict:
+    """lm-eval's ARC prompt, options not shown, answered in words: the closest-option verifier picks the option
+    whose text is nearest to the answer's first line."""
+    q = d["question"]
+    letter = {c["label"]: "ABCDEFGHIJ"[i] for i, c in enumerate(q["choices"])}
+    return {"id": d["id"], "prompt": f"Question: {q['stem']}\n{ARC_OPEN_INSTRUCTION}",
+            "reference": {"answer": letter[d["answerKey"]], "choices": {letter[c["label"]]: c["text"] for c in q["choices"]}}}
+
+
 def boolq_record(d: dict) -> dict:
     """A yes/no question as a two-option item: the choice verifier matches the words yes / no."""
     yes = d["label"] is True or str(d["label"]).lower() in ("true", "1")
@@ -51,13 +72,16 @@ def gsm_record(i: int, d: dict, split: str) -> dict:
 
 def task_files(task: str, shots: int = 3) -> tuple[list[dict], list[dict], str]:
     """(prompt records, evaluation records, plain few-shot format with {prompt}) of a task."""
-    if task == "arc_easy":
+    if task in ("arc_easy", "arc_easy_words", "arc_easy_open"):
         rows = _jsonl(DATA / "arc" / "ARC-Easy-Test.jsonl")
         random.Random(0).shuffle(rows)
-        recs = [arc_record(d) for d in rows]
+        words = task != "arc_easy"
+        recs = [{"arc_easy": arc_record, "arc_easy_words": arc_words_record, "arc_easy_open": arc_open_record}[task](d)
+                for d in rows]
         half = len(recs) // 2
         shot_recs, prompts, evals = recs[:shots], recs[shots:half], recs[half:]
-        fmt = "".join(f"{r['prompt']}\nAnswer: {r['reference']['answer']}\n\n" for r in shot_recs) + "{prompt}\nAnswer:"
+        gold = (lambda r: r["reference"]["choices"][r["reference"]["answer"]]) if words else (lambda r: r["reference"]["answer"])
+        fmt = "".join(f"{r['prompt']}\nAnswer: {gold(r)}\n\n" for r in shot_recs) + "{prompt}\nAnswer:"
         return prompts, evals, fmt
     if task == "boolq":
         rows = _jsonl(DATA / "boolq" / "val.jsonl")

@@ -20,7 +20,7 @@ def _output(required_text: str):
 
 @click.group("distill")
 def command():
-    """Preference distillation: sft, kd, dpo, ln-dpo, dckd, adpa, adpa+ (see `distill train`)."""
+    """Preference distillation: sft, kd, dpo, ln-dpo, wrpo, dckd, adpa, adpa+ (see `distill train`)."""
 
 
 @command.command("train", help=f"""Train STUDENT on preference pairs with one loss; save the result to -o (atomic,

@@ -32,9 +32,10 @@ from compress.errors import CompressError
 
 HH_ASSISTANT = "\n\nAssistant:"
 HH_HUMAN = "\n\nHuman:"
-SLOTS = ("chosen", "rejected", "generated")
-# slot <- record field, for records with a `prompt`
-RESPONSE_FIELDS = (("chosen", "chosen"), ("rejected", "rejected"), ("generated", "student_response"))
+SLOTS = ("chosen", "rejected", "generated", "source")
+# slot <- record field, for records with a `prompt` ("source": WRPO's best source response y_ws)
+RESPONSE_FIELDS = (("chosen", "chosen"), ("rejected", "rejected"), ("generated", "student_response"),
+                   ("source", "source_chosen"))
 LONG_PROMPT = ("skip", "error", "truncate")
 
 

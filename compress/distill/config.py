@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from compress.data.preference import LONG_PROMPT
 from compress.distill.registry import (
     ADVANTAGE_CLIPS,
+    ALPHA_SCHEDULES,
     DPO_LOSS_TYPES,
     KD_DIRECTIONS,
     METHODS,
@@ -77,6 +78,9 @@ class DistillConfig(DataShape):
     beta: float | None = Field(None, gt=0, description="DPO beta. Default: dpo 0.01 (the ADPA and WRPO recipes, on summed "
                                "log-probs; TRL's default is 0.1), ln-dpo 10 (FuseChat-3.0, per-token means), "
                                "0.1 with --dpo-loss-type hinge or ipo (TRL's default).")
+    alpha: float = Field(0.1, ge=0, le=1, description="WRPO: the largest weight α of the source response y_ws (the paper's 0.1).")
+    alpha_schedule: Literal[ALPHA_SCHEDULES] = Field(  # type: ignore[valid-type]
+        "linear", description="WRPO: linear (α = --alpha · step / steps, the official dynamic schedule) or constant.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO: the label-noise rate ε of the sigmoid loss.")
     dpo_loss_type: Literal[DPO_LOSS_TYPES] = Field(  # type: ignore[valid-type]
         "sigmoid", description="DPO loss as TRL names it: sigmoid, hinge, or ipo (on length-normalised log-ratios, as TRL).")

@@ -60,14 +60,16 @@ def evaluate(forward, examples: list[PreferenceExample], pad_id: int, ref_logps:
 @torch.no_grad()
 def reference_logps(model: torch.nn.Module, examples: list[PreferenceExample], pad_id: int, n_total: int,
                     batch_size: int = 4, advance=None) -> dict[str, torch.Tensor]:
-    """Summed response log-probs of a frozen reference for chosen and rejected, indexed by example index."""
-    out = {s: torch.zeros(n_total) for s in ("chosen", "rejected")}
+    """Summed response log-probs of a frozen reference for chosen, rejected and (WRPO data) source, indexed by
+    example index."""
+    slots = ("chosen", "rejected") + (("source",) if examples and "source" in examples[0].responses else ())
+    out = {s: torch.zeros(n_total) for s in slots}
     was = model.training
     model.eval()
     for b0 in range(0, len(examples), batch_size):
         exs = examples[b0: b0 + batch_size]
         idx = torch.tensor([e.index for e in exs])
-        for s in ("chosen", "rejected"):
+        for s in slots:
             if not all(s in e.responses for e in exs):  # SFT-style data (fuse train): no pairs
                 continue
             b = collate_slot(exs, s, pad_id)

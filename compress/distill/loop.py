@@ -102,7 +102,8 @@ class Loop:
         acc, cfg = self.accelerator, self.cfg
         with acc.accumulate(self.model):
             with acc.autocast():
-                loss, metrics = batch_loss(cfg, self.model, examples, self.pad_id, self.teacher, self.ref_logps)
+                loss, metrics = batch_loss(cfg, self.model, examples, self.pad_id, self.teacher, self.ref_logps,
+                                           (self.step, self.total))
             bad = acc.reduce(torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=acc.device), "sum")
             if float(bad) > 0:
                 where = (f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint

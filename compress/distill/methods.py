@@ -36,6 +36,7 @@ class Step:
     teacher: object | None = None  # OnlineTeacher or CachedTeacher
     ref_logps: dict[str, torch.Tensor] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    progress: tuple[int, int] = (0, 0)  # (optimizer steps done, steps in the run): WRPO's α schedule
 
     @property
     def device(self) -> torch.device:
@@ -71,10 +72,10 @@ class Step:
                                 cfg.missing_mass, cfg.kd_temperature)
 
     def logratios(self) -> dict[str, torch.Tensor]:
-        """Summed response log-probs of the policy and of the DPO reference, chosen and rejected."""
+        """Summed response log-probs of the policy and of the DPO reference: chosen, rejected (and source)."""
         idx = torch.tensor([e.index for e in self.examples])
         out = {}
-        for s in ("chosen", "rejected"):
+        for s in [s for s in ("chosen", "rejected", "source") if s in self.batches]:
             out[s] = (sequence_sums(self.token_logps[s], self.batches[s].lengths) if s in self.token_logps
                       else sequence_logps(self.logits[s], self.targets(s), self.batches[s].lengths))
             out["ref_" + s] = self.ref_logps[s][idx].to(self.device)
@@ -107,6 +108,15 @@ def _ln_dpo(x: Step) -> torch.Tensor:
     return losses.mean()
 
 
+def _wrpo(x: Step) -> torch.Tensor:
+    lp, cfg = x.logratios(), x.cfg
+    alpha = L.wrpo_alpha(*x.progress, cfg.alpha, cfg.alpha_schedule == "linear")
+    losses, rw, rl = L.wrpo_loss(lp["source"], lp["chosen"], lp["rejected"], lp["ref_source"], lp["ref_chosen"],
+                                 lp["ref_rejected"], alpha, cfg.dpo_beta, cfg.label_smoothing)
+    x.metrics["reward_acc"], x.metrics["alpha"] = float((rw > rl).float().mean()), alpha
+    return losses.mean()
+
+
 def _dckd(x: Step) -> torch.Tensor:
     cfg = x.cfg
     klw, kll = x.kd_tokens("chosen"), x.kd_tokens("rejected")
@@ -125,19 +135,21 @@ def _adpa(x: Step) -> torch.Tensor:
 
 
 LOSSES: dict[str, Callable[[Step], torch.Tensor]] = {
-    "sft": _sft, "kd": _kd, "dpo": _dpo, "ln-dpo": _ln_dpo, "dckd": _dckd, "adpa": _adpa, "adpa+": _adpa,
+    "sft": _sft, "kd": _kd, "dpo": _dpo, "ln-dpo": _ln_dpo, "wrpo": _wrpo, "dckd": _dckd, "adpa": _adpa, "adpa+": _adpa,
 }
 assert set(LOSSES) == set(METHODS), "every registered method needs a loss"
 
 
 def batch_loss(cfg: DistillConfig, forward: Callable[[SlotBatch], torch.Tensor], examples: list[PreferenceExample],
-               pad_id: int, teacher=None, ref_logps: dict[str, torch.Tensor] | None = None
-               ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of `cfg.method` on a micro-batch (token means; pair means for DPO), and its figures."""
+               pad_id: int, teacher=None, ref_logps: dict[str, torch.Tensor] | None = None,
+               progress: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of `cfg.method` on a micro-batch (token means; pair means for DPO), and its figures. `progress`:
+    (optimizer steps done, total steps), read by WRPO's α schedule."""
     spec = METHODS[cfg.method]
     batches = {s: collate_slot(examples, s, pad_id) for s in spec.slots}
     out = slot_outputs(forward, batches, pad_id, targets_only=not spec.logits)
-    step = Step(cfg, examples, batches, out if spec.logits else {}, out if not spec.logits else {}, teacher, ref_logps)
+    step = Step(cfg, examples, batches, out if spec.logits else {}, out if not spec.logits else {}, teacher, ref_logps,
+                progress=progress)
     loss = LOSSES[cfg.method](step)
     return loss, step.metrics
 

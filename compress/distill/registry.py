@@ -13,6 +13,7 @@ MISSING_MASS = ("rest", "zero", "topk_soft_ce")
 ADVANTAGE_CLIPS = ("none", "unit")
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
+ALPHA_SCHEDULES = ("linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in (
                logits=False),
     MethodSpec("ln-dpo", "length-normalised DPO (FuseChat-3.0)", ("chosen", "rejected"), dpo_reference=True,
                logits=False),
+    MethodSpec("wrpo", "WRPO: −log σ(α·β·r(y_ws) + (1−α)·β·r(y_wt) − β·r(y_l)), α rising 0 -> --alpha",
+               ("source", "chosen", "rejected"), dpo_reference=True, logits=False),
     MethodSpec("dckd", "CE(y_w) + w_distill·[w_chosen·KL(y_w) + w_rejected·KL(y_l)] from the DPO teacher",
                ("chosen", "rejected"), ("chosen", "rejected")),
     MethodSpec("adpa", "CE(y_w) − w_adpa·expected advantage on the student's own generations",

@@ -111,7 +111,9 @@ def _read_pairs(cfg: DistillConfig, data, tok, spec: MethodSpec, dataset: Prefer
         progress.warn(f"skipped {ds.skipped_long} pairs whose prompt is longer than {ds.options['max_prompt_length']} tokens")
     for s in spec.slots:
         if not ds.has(s):
-            hint = " (run `compress distill generate` first)" if s == "generated" else ""
+            hint = {"generated": " (run `compress distill generate` first)",
+                    "source": " (WRPO's best source response y_ws: field 'source_chosen', as `compress fuse data` "
+                              "writes wrpo.jsonl)"}.get(s, "")
             raise CompressError(f"{data} lacks {s!r} responses, which --method {spec.name} needs{hint}")
     n_eval = min(cfg.eval_pairs, len(ds.examples) - 1)
     cut = len(ds.examples) - n_eval

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.fuse.select import PAIR_MODES, TIE_RULES
 
-VERIFIER_NAMES = ("none", "gsm8k", "choice")
+VERIFIER_NAMES = ("none", "gsm8k", "choice", "closest")
 
 
 class DataConfig(BaseModel):
@@ -38,7 +38,7 @@ class DataConfig(BaseModel):
                                    "prompt is an error, before anything is sampled.")
     batch_size: int = Field(8, ge=1, description="Sequences per generate call.")
     verifier: Literal[VERIFIER_NAMES] = Field("none", description="Right/wrong against each record's 'reference': "  # type: ignore[valid-type]
-                                               "gsm8k (number after ####) or choice (option label).")
+                                               "gsm8k (number after ####), choice (option label) or closest (the option closest to the answer in words).")
     reward_model: str | None = Field(None, description="A sequence-classification reward-model folder.")
     reward_label: int | None = Field(None, ge=0, description="Output of a multi-output reward model that is the reward.")
     implicit_reward: str | None = Field(None, description="DPO model whose implicit reward log π_dpo − log π_ref "

@@ -111,7 +111,8 @@ _PAREN = re.compile(r"\(" + _LABEL + r"\)")
 def choice_label(text: str, labels: tuple[str, ...] = LETTERS, choices: dict[str, str] | None = None) -> str | None:
     """The option label a response picks, or None. In order: 'answer is X' / 'answer: X'; a label that
     opens the response on its own ('B', 'B.', '(B)', 'B)'); a single '(X)' in the text; with `choices`
-    ({label: option text}), the one option whose text the response contains as whole words. A label must be in `labels`
+    ({label: option text}), the one option whose text (less a final '.', '!', '?', ';' or ',') the response contains as
+    whole words. A label must be in `labels`
     ('A plant ...' is an article, not option A)."""
     for pat in (_ANSWER_IS, _LEADING):
         m = pat.search(text.strip())
@@ -122,8 +123,8 @@ def choice_label(text: str, labels: tuple[str, ...] = LETTERS, choices: dict[str
         return found.pop()
     if choices:
         low = text.lower()
-        hits = [k for k, v in choices.items()
-                if v.strip() and re.search(r"(?<!\w)" + re.escape(v.strip().lower()) + r"(?!\w)", low)]
+        words = {k: v.strip().rstrip(".!?;,").strip().lower() for k, v in choices.items()}  # 'soil.' is named by 'soil'
+        hits = [k for k, v in words.items() if v and re.search(r"(?<!\w)" + re.escape(v) + r"(?!\w)", low)]
         if len(hits) == 1:
             return hits[0]
     return None
@@ -164,7 +165,44 @@ class ChoiceVerifier:
         return out
 
 
-VERIFIERS = {"gsm8k": GSM8KVerifier, "choice": ChoiceVerifier}
+def closest_choice(text: str, choices: dict[str, str]) -> str | None:
+    """The label of the option whose text is most similar to the response's first non-empty line:
+    argmax over options of difflib's ratio 2·M/(|a|+|b|) (M = matched characters), lower-cased; the first
+    option wins a tie; None for an empty response."""
+    import difflib
+
+    line = next((x.strip().lower() for x in text.splitlines() if x.strip()), "")
+    if not line:
+        return None
+    ratios = {k: difflib.SequenceMatcher(None, line, v.strip().lower()).ratio() for k, v in choices.items()}
+    return max(ratios, key=lambda k: ratios[k])
+
+
+class ClosestChoiceVerifier:
+    """Right when the option whose text is closest to the response's first line (`closest_choice`) is the
+    reference's option: multiple choice answered in words without the options being labelled (as
+    cool-fusion's ARC-Easy benchmark scores it). Needs the options' texts in every reference."""
+
+    name = "closest"
+    kind: Kind = "verifier"
+    units = ("1 = the option whose text is closest (difflib ratio) to the response's first line is the reference's "
+             "option; 0 otherwise (empty response: 0)")
+
+    def check(self, references: list[Any]) -> None:
+        for r in references:
+            if not choice_gold(r)[1]:
+                raise CompressError("the closest-option verifier needs each reference's option texts "
+                                    "({'answer': label, 'choices': {label: text}})")
+
+    def score(self, prompts: list[Any], responses: list[str], references: list[Any]) -> list[float]:
+        out = []
+        for resp, ref in zip(responses, references, strict=True):
+            gold, choices = choice_gold(ref)
+            out.append(1.0 if choices and closest_choice(resp, choices) == gold else 0.0)
+        return out
+
+
+VERIFIERS = {"gsm8k": GSM8KVerifier, "choice": ChoiceVerifier, "closest": ClosestChoiceVerifier}
 
 
 # ------------------------------------------------------------------------------ model-based scores
@@ -336,8 +374,8 @@ class RewardModel:
         return out
 
 
-def make_verifier(name: str | None) -> GSM8KVerifier | ChoiceVerifier | None:
-    """A verifier by name ('gsm8k', 'choice'), or None for 'none' / None."""
+def make_verifier(name: str | None) -> GSM8KVerifier | ChoiceVerifier | ClosestChoiceVerifier | None:
+    """A verifier by name ('gsm8k', 'choice', 'closest'), or None for 'none' / None."""
     if name in (None, "none"):
         return None
     if name not in VERIFIERS:

@@ -45,7 +45,7 @@ class SeftConfig(BaseModel):
     max_new_tokens: int = Field(256, ge=1, description="Longest policy sample and revision.")
     stop: list[str] = Field(default_factory=list, json_schema_extra={"cli": False},
                             description="Strings that end a sample or a revision (--stop, repeatable).")
-    verifier: Literal["none", "gsm8k", "choice"] = Field("none", description="none, gsm8k or choice: scores samples and revisions for the fix and keep rates.")
+    verifier: Literal["none", "gsm8k", "choice", "closest"] = Field("none", description="none, gsm8k, choice or closest: scores samples and revisions for the fix and keep rates.")
     reviser_format: str = Field(REVISER_FORMAT, description="The reviser's user turn, with {prompt} and {draft}.")
     keep_pairs: bool = Field(True, description="Also train the reviser on strong -> itself (the adaptive reviser).")
     lr: float = Field(1e-5, gt=0, description="Learning rate of both SFT stages.")

@@ -214,14 +214,14 @@ def _progressive(targets: FusedTargets, cands: list[Candidate], pivot: str, sour
 
 
 def make_scorer(spec: str, device: str = "cpu"):
-    """A scorer from its command-line spelling: gsm8k, choice, rm:FOLDER, or implicit:DPO_MODEL,REFERENCE."""
+    """A scorer from its command-line spelling: gsm8k, choice, closest, rm:FOLDER, or implicit:DPO_MODEL,REFERENCE."""
     from compress.fuse import scorers
 
-    if spec in ("gsm8k", "choice"):
+    if spec in scorers.VERIFIERS:
         return scorers.make_verifier(spec)
     if spec.startswith("rm:"):
         return scorers.RewardModel(spec[3:], device=device)
     if spec.startswith("implicit:") and "," in spec:
         dpo, ref = spec[len("implicit:"):].split(",", 1)
         return scorers.ImplicitReward(dpo, ref, device=device)
-    raise CompressError(f"unknown scorer {spec!r}: gsm8k, choice, rm:FOLDER or implicit:DPO_MODEL,REFERENCE")
+    raise CompressError(f"unknown scorer {spec!r}: gsm8k, choice, closest, rm:FOLDER or implicit:DPO_MODEL,REFERENCE")

@@ -12,7 +12,7 @@ from tests.fixtures import WIKI_VALID, make_tiny_model
 
 
 def make_pairs(path: Path, n: int = 12, seed: int = 0, generated: bool = False) -> Path:
-    rng = random.Random(seed)
+    rng, src_rng = random.Random(seed), random.Random(seed + 1)
     words = [w for w in WIKI_VALID.read_text(encoding="utf-8").split() if w.isalpha()][:3000]
     rows = []
     for _ in range(n):
@@ -20,6 +20,7 @@ def make_pairs(path: Path, n: int = 12, seed: int = 0, generated: bool = False) 
                "rejected": " ".join(rng.choices(words, k=rng.randint(3, 9)))}
         if generated:
             rec["student_response"] = " ".join(rng.choices(words, k=rng.randint(4, 10)))
+            rec["source_chosen"] = " ".join(src_rng.choices(words, k=src_rng.randint(4, 10)))  # WRPO's y_ws
         rows.append(json.dumps(rec))
     path.write_text("\n".join(rows) + "\n")
     return path

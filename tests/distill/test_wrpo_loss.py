@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,3 +63,52 @@ def test_gradient_sign_raises_both_chosen_and_lowers_rejected():
     g = torch.autograd.grad(loss.sum(), [ps, pc, pr])
     assert (g[0] < 0).all() and (g[1] < 0).all() and (g[2] > 0).all()
     torch.testing.assert_close(g[0] / g[1], torch.full_like(g[0], 0.3 / 0.7))  # weights α : 1−α
+
+
+# ---------------------------------------------------------------- `compress distill train --method wrpo`
+def _train(models, data, out, method, *extra):
+    from compress.cli import main
+
+    args = ["distill", "train", str(models["student"]), "--data", str(data), "--method", method, "-o", str(out),
+            "--max-steps", "3", "--limit", "6", "--max-length", "64", "--batch-size", "2", "--lr", "1e-3",
+            "--beta", "0.5", "--warmup-ratio", "0", *extra]
+    assert main(args) == 0
+    from compress.checkpoint.reader import Checkpoint
+
+    ck = Checkpoint(out)
+    return {n: ck.get(n).float().clone() for n in ck.names()}
+
+
+def _as_pairs(src, dst, chosen_field):
+    rows = [json.loads(x) for x in src.read_text().splitlines() if x.strip()]
+    dst.write_text("".join(json.dumps({"prompt": r["prompt"], "chosen": r[chosen_field], "rejected": r["rejected"]}) + "\n"
+                           for r in rows))
+    return dst
+
+
+def _close(a, b):
+    return all(torch.allclose(a[n], b[n], atol=1e-6, rtol=1e-5) for n in a)
+
+
+def test_wrpo_training_is_dpo_at_the_ends_of_alpha(distill_models, pairs, tmp_path):
+    """α = 0 trains exactly as DPO on (y_wt, y_l); constant α = 1 exactly as DPO on (y_ws, y_l); the linear schedule
+    (α 0 at the first step, then > 0) follows DPO on (y_wt, y_l) at the first step only."""
+    dpo_wt = _train(distill_models, _as_pairs(pairs, tmp_path / "wt.jsonl", "chosen"), tmp_path / "dpo_wt", "dpo")
+    dpo_ws = _train(distill_models, _as_pairs(pairs, tmp_path / "ws.jsonl", "source_chosen"), tmp_path / "dpo_ws", "dpo")
+    a0 = _train(distill_models, pairs, tmp_path / "a0", "wrpo", "--alpha", "0")
+    a1 = _train(distill_models, pairs, tmp_path / "a1", "wrpo", "--alpha", "1", "--alpha-schedule", "constant")
+    lin = _train(distill_models, pairs, tmp_path / "lin", "wrpo", "--alpha", "1")
+    assert _close(a0, dpo_wt) and _close(a1, dpo_ws)
+    assert not _close(dpo_wt, dpo_ws) and not _close(lin, dpo_wt) and not _close(lin, dpo_ws)
+    hist = json.loads((tmp_path / "lin" / "compress.json").read_text())["history"]
+    assert [h["alpha"] for h in hist] == pytest.approx([0.0, 1 / 3, 2 / 3])
+
+
+def test_wrpo_data_without_source_response_is_refused(distill_models, tmp_path, capsys):
+    from compress.cli import main
+    from tests.distill.conftest import make_pairs
+
+    pairs = make_pairs(tmp_path / "pairs.jsonl")  # chosen / rejected only
+    rc = main(["distill", "train", str(distill_models["student"]), "--data", str(pairs), "--method", "wrpo",
+               "-o", str(tmp_path / "out"), "--max-steps", "1", "--max-length", "64"])
+    assert rc == 1 and "source_chosen" in capsys.readouterr().err and not (tmp_path / "out").exists()

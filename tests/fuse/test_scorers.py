@@ -11,10 +11,12 @@ import torch
 from compress.errors import CompressError
 from compress.fuse.scorers import (
     ChoiceVerifier,
+    ClosestChoiceVerifier,
     GSM8KVerifier,
     ImplicitReward,
     RewardModel,
     choice_label,
+    closest_choice,
     final_number,
     gsm8k_gold,
     make_verifier,
@@ -58,6 +60,10 @@ def test_choice_label_by_option_text_and_digits():
     assert choice_label("No, it is not.", choices=yes_no) == "B"
     assert choice_label("Yes, I know it is not", choices=yes_no) == "A"  # whole words: 'know' and 'not' hold no 'no'
     assert choice_label("yes or no", choices=yes_no) is None
+    # ARC options often end with a full stop; the answer names the option without it
+    arc = {"A": "soil.", "B": "minerals.", "C": "food.", "D": "water."}
+    assert choice_label("Plants make food", choices=arc) == "C"
+    assert choice_label("food.", choices=arc) == "C"
     v = ChoiceVerifier()
     assert v.score(["", "", ""], ["B", "1. first we note", "3"], ["B", "2", "3"]) == [1.0, 0.0, 1.0]
     with pytest.raises(CompressError, match="cannot score free text"):
@@ -65,6 +71,21 @@ def test_choice_label_by_option_text_and_digits():
     assert make_verifier("none") is None
     with pytest.raises(CompressError, match="unknown verifier"):
         make_verifier("python")
+
+
+def test_closest_choice_is_difflibs_best_ratio_on_the_first_line():
+    choices = {"A": "to produce glucose", "B": "to keep the cell rigid", "C": "to make the cell divide"}
+    # 'make glucose' vs each option: ratio 2M/(|a|+|b|) computed by hand from the matching blocks
+    assert closest_choice("\n  make glucose\nto keep the cell rigid", choices) == "A"  # first non-empty line only
+    assert closest_choice("To keep the cell RIGID.", choices) == "B"
+    assert closest_choice("   \n", choices) is None
+    assert closest_choice("xyz", {"A": "abc", "B": "abd"}) == "A"  # both ratio 0: the first option
+    v = ClosestChoiceVerifier()
+    ref = {"answer": "C", "choices": choices}
+    assert v.score(["", "", ""], ["make the cell divide", "glucose", ""], [ref, ref, ref]) == [1.0, 0.0, 0.0]
+    with pytest.raises(CompressError, match="option texts"):
+        v.check(["C"])
+    assert isinstance(make_verifier("closest"), ClosestChoiceVerifier)
 
 
 def _rm_folder(tmp_path, num_labels=1):
