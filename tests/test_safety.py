@@ -247,6 +247,8 @@ def test_unsupported_devices_refused_by_every_command(world, tmp_path, capsys, d
 INTERRUPT_IMPORT = textwrap.dedent("""
     # A real SIGINT (Ctrl-C) delivered while `import torch` runs, then the CLI exactly as installed.
     import builtins, os, runpy, signal, sys
+    # A shell's background job starts with SIGINT ignored, which Python then keeps: restore Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     real = builtins.__import__
     def hooked(name, *args, **kwargs):
         if name == "torch" and "torch" not in sys.modules:
