@@ -34,7 +34,7 @@ from compress.fuse.align import align_spans
 from compress.fuse.records import Record, Renderer, read_records
 from compress.fuse.vocabmap import VocabMap
 
-DATA = Path(os.environ.get("COMPRESS_SHARED", "/work/shared")) / "data"
+DATA = Path(os.environ.get("COMPRESS_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
 
 
 def official_dtw(blending: list[str], base: list[str]) -> list[list[int]]:

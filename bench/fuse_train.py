@@ -145,8 +145,10 @@ def main() -> None:
     lines = Path(v["data"]).read_text().splitlines()
     start = int(v["limit"])
     held = Path(str(run) + "-heldout.jsonl")
-    if not held.exists():
-        held.write_text("\n".join(lines[start: start + args.heldout]) + "\n")
+    text = "\n".join(lines[start: start + args.heldout]) + "\n"
+    if not held.exists() or held.read_text() != text:  # the held-out recipe reruns when this file changes
+        held.write_text(text)
+    n_held = len(text.splitlines())
     t0, c0 = time.perf_counter(), os.times()
     hfile, hdir = Path(str(run) + "-held.yml"), Path(str(run) + "-held")
     hfile.write_text(yaml.safe_dump(held_recipe(v, held), sort_keys=False))
@@ -161,7 +163,7 @@ def main() -> None:
     hp = read_rep(hdir / "stages" / "held-pivot")
     aligned = {w: read_aligned(hdir / "stages" / f"held-aligned-{w}")[1] for w in ("gemma", "math")}
     res: dict = {"load_average": os.getloadavg(), "machine": "2 shared CPU cores", "train_records": start,
-                 "heldout_records": args.heldout, "recipe_vars": v,
+                 "heldout_records": n_held, "recipe_vars": v,
                  "pipeline_wall_s": time.perf_counter() - t0,
                  "pipeline_cpu_s": c1.children_user + c1.children_system - c0.children_user - c0.children_system,
                  "models": {}}

@@ -17,7 +17,7 @@ import os
 import random
 from pathlib import Path
 
-DATA = Path(os.environ.get("COMPRESS_SHARED_DATA", "/work/shared/data"))
+DATA = Path(os.environ.get("COMPRESS_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
 
 
 def build(n_gsm8k: int, n_alpaca: int, seed: int = 0) -> list[dict]:

@@ -12,6 +12,8 @@ from tests.fixtures import DATA, FAMILIES, WIKI_TEST, make_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if DATA.is_dir():  # commands under test find the lm-eval task files where the fixtures do, wherever the clone is
+    os.environ.setdefault("COMPRESS_DATA", str(DATA))
 
 
 @pytest.fixture(scope="session")

@@ -19,13 +19,17 @@ run one after the other as separate processes (`python -m compress ...`).
 
 Resuming: OUT/pipeline.json records every stage's command, status, times and the provenance of its
 output (its compress.json). A rerun skips every finished stage whose command is unchanged and whose
-output is still there, and runs the rest; a changed stage reruns it and every stage after it.
+output is still there, and runs the rest; a changed stage reruns it and every stage after it. A command
+is changed when its text is, or when a plain file it names (data, a recipe: not a stage's output) has
+other contents than at the last run: its SHA-256 is recorded with the stage. A stage that reruns
+replaces its own earlier output (OUT/stages/NAME belongs to the pipeline).
 Before any work the recipe is checked: unknown `{names}`, references to later stages, duplicate names,
 and path arguments that neither exist nor come from an earlier stage are one error naming the stage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -130,14 +134,23 @@ def plan(recipe: Recipe, out: Path, where: str = "recipe") -> list[dict[str, Any
             if not any(a == p or a.startswith(p + os.sep) for p in produced) and not Path(a).exists():
                 raise CompressError(f"{where}: stage {st.name!r} names {a}, which does not exist and no earlier stage "
                                     "makes")
+        inputs = {a: _sha256(Path(a)) for a in argv if os.sep in a and a not in produced and Path(a).is_file()}
         target = _stage_output(out, st)
         if target is not None:
             argv += ["-o", str(target)]
             values[st.name] = str(target)
             produced.add(str(target))
         seen.add(st.name)
-        stages.append({"name": st.name, "argv": argv, "output": str(target) if target else None})
+        stages.append({"name": st.name, "argv": argv, "output": str(target) if target else None, "inputs": inputs})
     return stages
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _provenance(path: str | None) -> dict[str, Any] | None:
@@ -210,6 +223,7 @@ def run_recipe(recipe_path: str | os.PathLike[str], output: str | os.PathLike[st
     for s in stages:
         before = prev.get(s["name"])
         done = (before is not None and before.get("status") == "done" and before.get("argv") == s["argv"]
+                and before.get("inputs", s["inputs"]) == s["inputs"]
                 and (s["output"] is None or Path(s["output"]).exists()) and not rerun_rest)
         if done:
             state["stages"].append({**before, "status": "done", "resumed": True})
@@ -221,7 +235,9 @@ def run_recipe(recipe_path: str | os.PathLike[str], output: str | os.PathLike[st
         replace_file(out / "pipeline.json", json.dumps(state, indent=2))
         progress.info(f"stage {s['name']}: compress {shlex.join(s['argv'])}")
         t0, c0 = time.perf_counter(), os.times()
-        cmd = [python or sys.executable, "-m", "compress", *s["argv"]]
+        # the stage's output is the pipeline's own intermediate: a rerun replaces what an older run left
+        again = ["--force"] if s["output"] and Path(s["output"]).exists() else []
+        cmd = [python or sys.executable, "-m", "compress", *s["argv"], *again]
         log = out / "logs" / f"{s['name']}.stdout"
         log.parent.mkdir(exist_ok=True)
         with open(log, "w", encoding="utf-8") as fh:

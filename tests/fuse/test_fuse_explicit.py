@@ -291,6 +291,14 @@ def test_recipe_checks_and_resume(world, tmp_path):
     assert all(s.get("resumed") for s in again["stages"])
     saved = json.loads((tmp_path / "out" / "pipeline.json").read_text())
     assert saved["final"].endswith("stages/self") and (tmp_path / "out" / "recipe.yml").is_file()
+    # the same command on a data file with other contents is not "done before": both stages rerun
+    data2 = tmp_path / "data2.jsonl"
+    data2.write_text(Path(w["data"]).read_text())
+    good.write_text(good.read_text().replace(str(w["data"]), str(data2)))
+    run_recipe(good, tmp_path / "out2")
+    data2.write_text("".join(Path(w["data"]).read_text().splitlines(keepends=True)[::-1]))
+    third = run_recipe(good, tmp_path / "out2")
+    assert not any(s.get("resumed") for s in third["stages"])
 
 
 def test_profuser_choice_schedule_and_report(world, tmp_path):
