@@ -76,6 +76,13 @@ def load_model(
         raise CompressError(
             f"{path} lacks {len(missing)} weight tensors (e.g. {sorted(missing)[0]}): refusing to initialise them randomly"
         )
+    # tensors the config has no place for (e.g. a config edited to fewer layers) would be dropped silently
+    unexpected = sorted(k for k in info.get("unexpected_keys", []) if k and not k.endswith("rotary_emb.inv_freq"))
+    if unexpected:
+        raise CompressError(
+            f"{path} holds {len(unexpected)} weight tensors its config has no place for (e.g. {unexpected[0]}): "
+            "the config does not describe these weights"
+        )
     mism = info.get("mismatched_keys") or []
     if mism:
         raise CompressError(f"{path}: tensor shapes do not match the config, e.g. {list(mism)[0]}")

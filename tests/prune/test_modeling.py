@@ -169,3 +169,16 @@ def test_smollm2_physical_export_end_to_end(smollm2, tmp_path):
     assert res["compress_loaded"] == []
     assert res[str(out)]["generated"] == cached.tolist()
     torch.testing.assert_close(torch.load(out / "remote_logits.pt"), logits(model, prompt), rtol=1e-5, atol=1e-4)
+
+
+def test_dense_config_with_fewer_layers_than_tensors_is_fatal(tiny_llama, tmp_path):
+    # A config edited to fewer layers: transformers would drop the extra layers' tensors silently.
+    short = tmp_path / "short"
+    shutil.copytree(tiny_llama, short)
+    cfg = json.loads((short / "config.json").read_text())
+    cfg["num_hidden_layers"] -= 1
+    (short / "config.json").write_text(json.dumps(cfg))
+    last = cfg["num_hidden_layers"]
+    with pytest.raises(CompressError, match=rf"no place for \(e\.g\. model\.layers\.{last}\."):
+        load_model(short)
+    load_model(tiny_llama)  # the untouched folder loads
