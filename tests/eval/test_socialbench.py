@@ -86,6 +86,25 @@ def test_parse_answer(text, letters, method):
     assert (p.letters, p.method) == (letters, method)
 
 
+OPTS = (["A", "B", "C", "D"], ["Happy", "Sad", "Angry about the deadline", "Calm"])
+
+
+@pytest.mark.parametrize("text,letters,method", [
+    ("E is not one of them, so B", ("B",), "fallback"),  # outside the options: no answer (official: E, 0)
+    ("Answer: E. No, answer is C", ("C",), "pattern"),  # a pattern left with no option letter gives way
+    ("A. Happy\nB. Sad\nC. Angry about the deadline\nD. Calm", (), "none"),  # the option list echoed
+    ("(A) happy\n(B) sad\n(C) Angry about the deadline, surely\n(D) calm\nShe is sad: B", ("B",), "fallback"),
+    ("A. Happy\nC. Angry about the deadline", ("A", "C"), "pattern"),  # two options named: an answer
+    ("C. Angry", ("C",), "pattern"),  # the start of an option is an answer, not an echo
+])
+def test_parse_answer_with_the_items_options(text, letters, method):
+    p = parse_answer(text, *OPTS)
+    assert (p.letters, p.method) == (letters, method)
+    # the official rule (no options given) reads the echo as every letter, a free first guess
+    if "D. Calm" in text:
+        assert parse_answer(text).letters == ("A", "B", "C", "D")
+
+
 def test_fallback_is_the_official_letter_rule():
     # standalone capitals A-H in order, de-duplicated; neighbours A-D or CJK count as separators
     assert fallback_letters("B, then A, then B") == ("B", "A")

@@ -9,6 +9,13 @@ Parsing a generated answer:
    after is a non-word character, a CJK ideograph, a letter A-D, or the text's start/end), in order of
    appearance, without repeats. Unlike the official regular expression, a match consumes nothing, so
    "A和B" reads as A, B (the official one drops B after the CJK run it consumed).
+With the item's option letters and texts given (as `compress eval` does), two more rules apply:
+- only the item's own letters count: a letter outside its options is no answer, so "E is not
+  listed, so B" reads B (the official rule reads E first and scores 0);
+- a reply that reproduces the whole option list of an item with 3 or more options (a line per option:
+  its letter, then the start of its text) is the prompt echoed: those lines are dropped before
+  parsing (the official rule reads every letter of the echo and scores the first, a free guess). A
+  reply naming every option that way is therefore read as an echo, not as "all of them".
 The method used ("pattern", "fallback" or "none") is recorded per item and its rate reported.
 
 Scoring (`compute_score` of the official `dataset.py`, category passed as a string):
@@ -69,27 +76,62 @@ def fallback_letters(text: str) -> tuple[str, ...]:
     return _unique(_FALLBACK.findall(text))
 
 
-def explicit_letters(text: str, span: str = "A-H") -> tuple[tuple[str, ...], str] | None:
-    """Letters given by the strongest explicit answer pattern, and its name; None if there is none."""
+def explicit_letters(text: str, span: str = "A-H", allowed: Sequence[str] | None = None,
+                     ) -> tuple[tuple[str, ...], str] | None:
+    """Letters given by the strongest explicit answer pattern, and its name; None if there is none.
+    With `allowed`, other letters are dropped and a pattern left with none gives way to the next."""
     for name, pat in _patterns(span):
         if name == "leading":  # a reply that starts with options: the letters opening each of its lines
-            if pat.match(text.lstrip("\n")):
-                return _unique(_LETTER.findall("".join(m.group(1) for m in pat.finditer(text)))), name
+            if not pat.match(text.lstrip("\n")):
+                continue
+            found = _LETTER.findall("".join(m.group(1) for m in pat.finditer(text)))
+            found = [x for x in found if allowed is None or x in allowed]
+            if found:
+                return _unique(found), name
             continue
-        m = pat.search(text)
-        if m:
-            return _unique(_LETTER.findall(m.group(1))), name
+        for m in pat.finditer(text):  # the first match that names an allowed letter
+            found = [x for x in _LETTER.findall(m.group(1)) if allowed is None or x in allowed]
+            if found:
+                return _unique(found), name
     return None
 
 
-def parse_answer(text: str | None) -> Parsed:
+_OPTION_LINE = re.compile(r"^[ \t]*" + _OPEN + r"([A-H])[\)\]）】\"'”’.．、:：]?[ \t]*(.*?)[ \t]*$")
+
+
+def strip_echo(text: str, letters: Sequence[str], options: Sequence[str]) -> str:
+    """`text` without its option lines when it reproduces every option of a 3+ option item (see above):
+    a line is an option's when it opens with the letter and then the option's text (its first 24
+    characters, case-insensitive; a shorter option must match whole)."""
+    if len(letters) < 3 or len(options) != len(letters):
+        return text
+    lines, echoed, seen = text.splitlines(), set(), set()
+    for i, line in enumerate(lines):
+        m = _OPTION_LINE.match(line)
+        if m and m.group(1) in letters:
+            opt = options[list(letters).index(m.group(1))].strip().lower()[:24]
+            if opt and m.group(2).lower().startswith(opt):
+                echoed.add(i)
+                seen.add(m.group(1))
+    if seen != set(letters):
+        return text
+    return "\n".join(x for i, x in enumerate(lines) if i not in echoed)
+
+
+def parse_answer(text: str | None, letters: Sequence[str] | None = None,
+                 options: Sequence[str] | None = None) -> Parsed:
+    """The letters a reply gives; `letters`/`options`: the item's option letters and texts (optional)."""
     if text is None or not text.strip():
         return Parsed((), "none")
-    hit = explicit_letters(text)
+    if letters and options:
+        text = strip_echo(text, letters, options)
+        if not text.strip():
+            return Parsed((), "none", "echo")
+    hit = explicit_letters(text, allowed=letters or None)
     if hit:
         return Parsed(hit[0], "pattern", hit[1])
-    letters = fallback_letters(text)
-    return Parsed(letters, "fallback" if letters else "none")
+    read = tuple(x for x in fallback_letters(text) if not letters or x in letters)
+    return Parsed(read, "fallback" if read else "none")
 
 
 def score_choice(letters: Sequence[str], label: Sequence[str]) -> float | None:

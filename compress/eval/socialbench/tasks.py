@@ -34,6 +34,7 @@ def doc_row(item: Item, prompt_source: str) -> dict[str, Any]:
     letters = item.letters
     return {"index": item.index, "category": item.category, "kind": item.kind, "lang": item.lang,
             "prompt": build_prompt(item, prompt_source), "letters": letters, "label": list(item.label),
+            "options": [text for _, text in item.choices],
             "gold": letters.index(item.label[0]) if letters else 0, "target": ", ".join(item.label)}
 
 
@@ -60,7 +61,7 @@ def score_generation(doc: dict[str, Any], text: str | None) -> dict[str, Any]:
     if doc["kind"] == "mem":
         s = score_memory(text, doc["label"])
         return {"score": s, "letters": [], "method": "none" if s is None else "keywords"}
-    p = parse_answer(text)
+    p = parse_answer(text, doc["letters"], doc.get("options"))
     return {"score": score_choice(p.letters, doc["label"]), "letters": list(p.letters), "method": p.method,
             "pattern": p.pattern}
 
