@@ -96,10 +96,14 @@ OPTS = (["A", "B", "C", "D"], ["Happy", "Sad", "Angry about the deadline", "Calm
     ("(A) happy\n(B) sad\n(C) Angry about the deadline, surely\n(D) calm\nShe is sad: B", ("B",), "fallback"),
     ("A. Happy\nC. Angry about the deadline", ("A", "C"), "pattern"),  # two options named: an answer
     ("C. Angry", ("C",), "pattern"),  # the start of an option is an answer, not an echo
+    ("A. I'm so excited!\nB. I'm so nervous!\nC. I'm so excited!\nD. I'm", (), "none"),  # a made-up list
+    ("A. Happy\nB. Sad\nC. Calm\nAnswer: B", ("B",), "pattern"),  # a list, then the answer
 ])
 def test_parse_answer_with_the_items_options(text, letters, method):
-    p = parse_answer(text, *OPTS)
+    p = parse_answer(text, *OPTS, single=True)
     assert (p.letters, p.method) == (letters, method)
+    if method == "none":  # on a multiple-choice item the same lines are read as the answer
+        assert parse_answer(text, *OPTS).letters == ("A", "B", "C", "D")
     # the official rule (no options given) reads the echo as every letter, a free first guess
     if "D. Calm" in text:
         assert parse_answer(text).letters == ("A", "B", "C", "D")

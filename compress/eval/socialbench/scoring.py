@@ -12,10 +12,13 @@ Parsing a generated answer:
 With the item's option letters and texts given (as `compress eval` does), two more rules apply:
 - only the item's own letters count: a letter outside its options is no answer, so "E is not
   listed, so B" reads B (the official rule reads E first and scores 0);
-- a reply that reproduces the whole option list of an item with 3 or more options (a line per option:
-  its letter, then the start of its text) is the prompt echoed: those lines are dropped before
-  parsing (the official rule reads every letter of the echo and scores the first, a free guess). A
-  reply naming every option that way is therefore read as an echo, not as "all of them".
+- on a single-choice item a list of options is no choice: a reply that reproduces the whole option
+  list of a 3+ option item (a line per option: its letter, then the start of its text) is the prompt
+  echoed, and those lines are dropped before parsing ("... She is sad: B" reads B); a reply whose
+  lines open with A, B, C, ... in order (3 or more, echoed or made up, as small models write) reads
+  nothing (method "none", pattern "list"). The official rule scores the list's first letter, a free
+  guess. On a multiple-choice item the same lines may be the answer ("A. x / B. y / C. z" when A-C are
+  right), so the official reading stands there.
 The method used ("pattern", "fallback" or "none") is recorded per item and its rate reported.
 
 Scoring (`compute_score` of the official `dataset.py`, category passed as a string):
@@ -119,15 +122,18 @@ def strip_echo(text: str, letters: Sequence[str], options: Sequence[str]) -> str
 
 
 def parse_answer(text: str | None, letters: Sequence[str] | None = None,
-                 options: Sequence[str] | None = None) -> Parsed:
-    """The letters a reply gives; `letters`/`options`: the item's option letters and texts (optional)."""
+                 options: Sequence[str] | None = None, single: bool = False) -> Parsed:
+    """The letters a reply gives; `letters`/`options`: the item's option letters and texts (optional);
+    `single`: the item asks for one option (as its prompt says)."""
     if text is None or not text.strip():
         return Parsed((), "none")
-    if letters and options:
+    if single and letters and options:
         text = strip_echo(text, letters, options)
         if not text.strip():
             return Parsed((), "none", "echo")
     hit = explicit_letters(text, allowed=letters or None)
+    if hit and single and hit[1] == "leading" and len(hit[0]) >= 3 and hit[0] == tuple(LETTERS[:len(hit[0])]):
+        return Parsed((), "none", "list")  # lines opening A, B, C, ...: a list (echoed or made up), no choice
     if hit:
         return Parsed(hit[0], "pattern", hit[1])
     read = tuple(x for x in fallback_letters(text) if not letters or x in letters)

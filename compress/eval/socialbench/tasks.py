@@ -61,7 +61,7 @@ def score_generation(doc: dict[str, Any], text: str | None) -> dict[str, Any]:
     if doc["kind"] == "mem":
         s = score_memory(text, doc["label"])
         return {"score": s, "letters": [], "method": "none" if s is None else "keywords"}
-    p = parse_answer(text, doc["letters"], doc.get("options"))
+    p = parse_answer(text, doc["letters"], doc.get("options"), single=len(set(doc["label"])) == 1)
     return {"score": score_choice(p.letters, doc["label"]), "letters": list(p.letters), "method": p.method,
             "pattern": p.pattern}
 
