@@ -120,7 +120,10 @@ def gsm8k_table(path: Path) -> dict:
     for rec in ev["models"]:
         r = rec["results"]["gsm8k"]
         ci = (rec.get("delta_ci") or {}).get("gsm8k")
-        out[rec["name"]] = {"metric": r.get("metric"), "acc": r.get(r.get("metric")), "delta_ci": ci}
+        m = r.get("metrics", {})
+        out[rec["name"]] = {"metric": r.get("metric"), "acc": r.get("value"), "delta_ci": ci,
+                            "strict": m.get("exact_match,strict-match"), "flexible": m.get("exact_match,flexible-extract"),
+                            "answer_coverage": r.get("coverage"), "n": r.get("n")}
         d = f"{ci['diff']:+.1f} [{ci['lo']:+.1f}, {ci['hi']:+.1f}]" if ci else "-"
         print(f"| {rec['name']} | {100 * float(out[rec['name']]['acc']):.1f} % | {d} |")
     return out
