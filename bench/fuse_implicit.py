@@ -252,12 +252,37 @@ def run_eval(a, work: Path, evals: list[dict], plain_fmt: str, src: str, st: Sta
         rep = json.loads((work / b / "report.json").read_text())
         builds[b] = {k: rep.get(k) for k in ("prompts", "models", "sft", "dpo", "wrpo", "throughput")}
     out = {"task": a.task, "settings": vars(a), "eval_items": len(evals), "rows": results, "builds": builds,
-           "stages": st.done, "machine": "2 shared CPU cores (other jobs running; see load per stage)"}
+           "paired": paired(work / "eval", [r["row"] for r in results], len(evals)), "stages": st.done, "machine": "2 shared CPU cores (other jobs running; see load per stage)"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fuse_implicit.json").write_text(json.dumps(out, indent=2))
     print(f"\n| row | accuracy ({len(evals)} held-out {a.task} items) | 95% bootstrap CI |\n|---|---|---|")
     for r in results:
         print(f"| {r['row']} | {r['acc']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] |")
+    print("\n| hypothesis (b - a, same items) | points | paired 95% CI |\n|---|---|---|")
+    for h in out["paired"]:
+        print(f"| {h['b']} - {h['a']} | {h['diff']:+.1f} | [{h['lo']:+.1f}, {h['hi']:+.1f}] |")
+
+
+# The papers' orderings (WRPO above both DPO variants; SFT + DPO above SFT) and SFT's own effect.
+HYPOTHESES = [("SFT + DPO (y_ws, y_l)", "SFT + WRPO"), ("SFT + DPO (y_wt, y_l)", "SFT + WRPO"),
+              ("SFT (FuseChat-3.0 data)", "SFT + LN-DPO (FuseChat-3.0)"), ("target", "SFT (FuseChat-3.0 data)")]
+
+
+def paired(eval_dir: Path, rows: list[str], n: int) -> list[dict]:
+    """Paired bootstrap (compress.eval.paired) of accuracy differences on the same held-out items, in points."""
+    from compress.eval.paired import paired_bootstrap
+
+    def right(row: str) -> list[float]:
+        slug = re.sub(r"[^a-z0-9]+", "-", row.lower()).strip("-")
+        recs = [json.loads(x) for x in (eval_dir / f"{slug}.jsonl").read_text().splitlines()][:n]
+        return [float(r["right"]) for r in recs]
+
+    out = []
+    for a, b in HYPOTHESES:
+        if a in rows and b in rows:
+            r = paired_bootstrap(right(a), right(b))
+            out.append({"a": a, "b": b, "n": r["n"], "diff": 100 * r["diff"], "lo": 100 * r["lo"], "hi": 100 * r["hi"]})
+    return out
 
 
 if __name__ == "__main__":
