@@ -23,6 +23,10 @@ Items are appended to bench/results/cool_fusion_<task>.items.jsonl as they finis
 with the same options continues); the summary goes to bench/results/cool_fusion.json[task].
 
     nice -n 10 python bench/cool_fusion.py --task gsm8k --limit 200 --threads 1
+    # two processes on a 2-core machine, one file each, one summary:
+    python bench/cool_fusion.py --task gsm8k --shard 0/2 & python bench/cool_fusion.py --task gsm8k --shard 1/2
+    # the third model (another items file, named after the models):
+    python bench/cool_fusion.py --task arc_easy --models smollm2 gemma3 smollm2-gsm8k
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("COMPRESS_SHARED", ROOT.parent / "shared"))
 DATA = SHARED / "data"
 RESULTS = ROOT / "bench" / "results"
-MODELS = {"smollm2": "/work/models/smollm2", "gemma3": "/work/models/gemma3"}
+MODELS = {"smollm2": "/work/models/smollm2", "gemma3": "/work/models/gemma3",
+          "smollm2-gsm8k": "/work/models/smollm2-gsm8k"}  # the third: SmolLM2 SFT'd on GSM8K train (issue 13)
+DEFAULT_MODELS = ["smollm2", "gemma3"]
 
 
 # ---------------------------------------------------------------------------------------- tasks
@@ -133,7 +139,25 @@ def correct(task: str, answer: str, item: dict) -> dict[str, bool]:
 
 
 # ---------------------------------------------------------------------------------------- run
-def run_items(args, names: list[str], out: Path) -> None:
+def item_files(base: str) -> list[Path]:
+    """The items file of a run (`<base>.items.jsonl`) and its shards' files (`<base>.items.shard<K>.jsonl`)."""
+    main = RESULTS / f"{base}.items.jsonl"
+    return [main, *sorted(RESULTS.glob(f"{base}.items.shard*.jsonl"))]
+
+
+def answered(files: list[Path]) -> set[int]:
+    """Indices answered in any of `files` (complete lines only)."""
+    done: set[int] = set()
+    for f in files:
+        for x in f.read_text().splitlines()[1:] if f.is_file() else []:
+            try:
+                done.add(json.loads(x)["index"])
+            except (json.JSONDecodeError, KeyError):
+                pass
+    return done
+
+
+def run_items(args, names: list[str], out: Path, others: list[Path]) -> None:
     import torch
 
     from compress.fuse.cool_fusion import CoolFusionDecoder
@@ -145,8 +169,9 @@ def run_items(args, names: list[str], out: Path) -> None:
     items = items[: args.limit]
     options = {k: getattr(args, k) for k in ("task", "shots", "max_new_tokens", "max_segment_tokens", "segment")}
     options.update(models=[str(p) for p in args.model_paths], names=names, stop=stop)
-    done = open_answers(out, options, force=args.force)
-    todo = [i for i in range(len(items)) if i not in done]
+    done = open_answers(out, options, force=args.force) | answered(others)
+    k, n = args.shard
+    todo = [i for i in range(len(items)) if i not in done and i % n == k]
     print(f"{args.task}: {len(done)} items done, {len(todo)} to go", file=sys.stderr, flush=True)
     if not todo:
         return
@@ -226,13 +251,15 @@ def table(task: str, s: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", choices=sorted(TASKS), default="gsm8k")
-    ap.add_argument("--models", nargs="+", default=list(MODELS), help="names in MODELS or name=path")
+    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="names in MODELS or name=path")
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--shots", type=int, default=None, help="few-shot examples (gsm8k 5, arc_easy 5, boolq 2)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="gsm8k 192, others 8")
     ap.add_argument("--max-segment-tokens", type=int, default=32)
     ap.add_argument("--segment", choices=["aligned", "shortest"], default="aligned")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--shard", default="0/1", help="K/N: this process answers the items i with i %% N == K, into its "
+                    "own file (run N processes at once; the summary reads every shard's file)")
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("--force", action="store_true", help="start the items file again")
     args = ap.parse_args()
@@ -241,13 +268,20 @@ def main() -> None:
     pairs = [m.split("=", 1) if "=" in m else (m, MODELS[m]) for m in args.models]
     names = [n for n, _ in pairs]
     args.model_paths = [p for _, p in pairs]
-    suffix = "" if args.segment == "aligned" else f"_{args.segment}"
-    out = RESULTS / f"cool_fusion_{args.task}{suffix}.items.jsonl"
+    k, n = (int(x) for x in args.shard.split("/"))
+    args.shard = (k, n)
+    suffix = ("" if args.segment == "aligned" else f"_{args.segment}") + (
+        "" if names == DEFAULT_MODELS else "_" + "+".join(names))
+    base = f"cool_fusion_{args.task}{suffix}"
+    main_file = RESULTS / f"{base}.items.jsonl"
+    out = main_file if k == 0 else RESULTS / f"{base}.items.shard{k}.jsonl"
     if not args.summary_only:
-        run_items(args, names, out)
-    recs = [json.loads(x) for x in out.read_text().splitlines()[1:] if x.strip()]
-    s = summarise(args.task, names, recs)
-    s.update(options=json.loads(out.read_text().splitlines()[0])["compress_fuse_generate"]["options"],
+        run_items(args, names, out, [f for f in item_files(base) if f != out])
+    recs: dict[int, dict] = {}
+    for f in item_files(base):
+        recs.update({r["index"]: r for r in (json.loads(x) for x in f.read_text().splitlines()[1:] if x.strip())})
+    s = summarise(args.task, names, [recs[i] for i in sorted(recs)])
+    s.update(options=json.loads(main_file.read_text().splitlines()[0])["compress_fuse_generate"]["options"],
              load=f"2 CPU cores shared with other sessions (load average {os.getloadavg()[0]:.1f} at the end); "
                   f"torch threads {args.threads}")
     summary_file = RESULTS / "cool_fusion.json"

@@ -112,14 +112,24 @@ def bootstrap(a: np.ndarray, b: np.ndarray, na: np.ndarray, reps: int = 2000, se
     return float(diff), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-def gsm8k_table(path: Path) -> dict:
-    """GSM8K exact-match accuracy of each model and its paired bootstrap interval against the control."""
+def gsm8k_table(path: Path, extra: list[Path] = ()) -> dict:
+    """GSM8K exact-match accuracy of each model and its paired bootstrap interval against the control.
+
+    `path` is the bench recipe's eval (control first: `compress eval` pairs the others with it); `extra`
+    are eval.json files of later `compress eval run` calls on the same items, paired with that control
+    here (compress.eval.paired, the rule `compress eval` uses)."""
+    from compress.eval.paired import intervals
+
     ev = json.loads(path.read_text())
+    control = ev["models"][0]
+    recs = [(rec, (rec.get("delta_ci") or {}).get("gsm8k")) for rec in ev["models"]]
+    for p in extra:
+        for rec in json.loads(Path(p).read_text())["models"]:
+            recs.append((rec, intervals([control, rec], ["gsm8k"]).get(rec["name"], {}).get("gsm8k")))
     out = {}
     print(f"\n| model | GSM8K accuracy ({ev['settings']['limit']} items) | Δ vs control, points [95% CI] |\n|---|---|---|")
-    for rec in ev["models"]:
+    for rec, ci in recs:
         r = rec["results"]["gsm8k"]
-        ci = (rec.get("delta_ci") or {}).get("gsm8k")
         m = r.get("metrics", {})
         out[rec["name"]] = {"metric": r.get("metric"), "acc": r.get("value"), "delta_ci": ci,
                             "strict": m.get("exact_match,strict-match"), "flexible": m.get("exact_match,flexible-extract"),
@@ -135,6 +145,8 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=24, help="Held-out records (after the training records).")
     ap.add_argument("--gsm8k", type=int, default=0, help="GSM8K test items per model via compress eval (0: skip).")
     ap.add_argument("--gsm8k-models", default="", help="Comma list of the models scored on GSM8K (default: all).")
+    ap.add_argument("--gsm8k-extra", action="append", default=[], help="eval.json of a later `compress eval run` "
+                    "of more models on the same GSM8K items (paired with the control). Repeatable.")
     ap.add_argument("--only-heldout", action="store_true", help="Only the held-out representations (RUN-held).")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuse_train.json"))
     args = ap.parse_args()
@@ -185,7 +197,7 @@ def main() -> None:
         print(f"| {name} | {row['nll_per_token']:.4f} | {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] | "
               f"{row['kl_gemma']:.4f} | {row['kl_math']:.4f} |")
     if args.gsm8k:
-        res["gsm8k"] = gsm8k_table(bench / "stages" / "gsm8k" / "eval.json")
+        res["gsm8k"] = gsm8k_table(bench / "stages" / "gsm8k" / "eval.json", [Path(p) for p in args.gsm8k_extra])
     res["load_average_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 
