@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -73,12 +74,20 @@ def strip(r: Renderer, ids: list[int]) -> list[str]:
     return [t.replace("▁", "").replace("Ġ", "") for t in toks]
 
 
-def records(n_wiki: int, n_chat: int) -> dict[str, list[Record]]:
+RUN_DATA = Path(__file__).resolve().parents[1] / "runs" / "fuse_train.jsonl"
+
+
+def chat_data(arg: str | None) -> Path:
+    """The instruction data: --chat-data, else the fusion run's data (runs/fuse_train.jsonl) when it exists,
+    else GSM8K train. Which one is printed and recorded: the coverage figures depend on it."""
+    path = Path(arg) if arg else RUN_DATA if RUN_DATA.is_file() else DATA / "gsm8k" / "train.jsonl"
+    print(f"instruction data: {path}", file=sys.stderr, flush=True)
+    return path
+
+
+def records(n_wiki: int, n_chat: int, chat_path: Path) -> dict[str, list[Record]]:
     wiki = [r for r in read_records(DATA / "wikitext-2-raw" / "wiki.test.raw") if not r.text.strip().startswith("=")]
-    chat = read_records(Path(__file__).resolve().parents[1] / "runs" / "fuse_train.jsonl") if (
-        Path(__file__).resolve().parents[1] / "runs" / "fuse_train.jsonl").is_file() else read_records(
-        DATA / "gsm8k" / "train.jsonl")
-    return {"wikitext2": wiki[:n_wiki], "instruction": chat[:n_chat]}
+    return {"wikitext2": wiki[:n_wiki], "instruction": read_records(chat_path)[:n_chat]}
 
 
 def bench(name: str, recs: list[Record], piv: Renderer, src: Renderer, maps: dict[str, VocabMap],
@@ -151,6 +160,8 @@ def main() -> None:
     ap.add_argument("--source", default="/work/models/gemma3")
     ap.add_argument("--wiki", type=int, default=300)
     ap.add_argument("--chat", type=int, default=300)
+    ap.add_argument("--chat-data", default=None, help="Instruction records (default: runs/fuse_train.jsonl if it "
+                    "exists, else GSM8K train).")
     ap.add_argument("--max-tokens", type=int, default=256, help="Labels per record (as --max-length would cut).")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fuse_align.json"))
     ap.add_argument("--mass", action="append", default=[], metavar="NAME=PIVOT_REP,SOURCE_REP",
@@ -172,8 +183,10 @@ def main() -> None:
 
     piv, src = Renderer(load_tokenizer(args.pivot), "pivot"), Renderer(load_tokenizer(args.source), "source")
     maps = {k: VocabMap(piv.view, src.view, k) for k in ("exact", "mined")}
-    res = {"load_average": os.getloadavg(), "machine": "2 shared CPU cores", "max_tokens": args.max_tokens}
-    for name, recs in records(args.wiki, args.chat).items():
+    chat_path = chat_data(args.chat_data)
+    res = {"load_average": os.getloadavg(), "machine": "2 shared CPU cores", "max_tokens": args.max_tokens,
+           "instruction_data": str(chat_path)}
+    for name, recs in records(args.wiki, args.chat, chat_path).items():
         res[name] = bench(name, recs, piv, src, maps, args.max_tokens)
     res["load_average_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
