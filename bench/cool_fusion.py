@@ -226,8 +226,15 @@ def summarise(task: str, names: list[str], recs: list[dict]) -> dict:
         speed[clock] = {"single_tokens_per_s": single, "slowest": slow, "fused_tokens_per_s": fused,
                         "fused_vs_slowest": fused / single[slow]}
     rerank = {k: sum(r["rerank_chosen"] == k for r in recs) / len(recs) for k in ["fused", *names]}
+    from compress.eval.paired import paired_bootstrap
+
+    m = metrics[0]
+    paired = {f"{b} - {a}": {k: 100 * v if k in ("diff", "lo", "hi") else v for k, v in paired_bootstrap(
+        [float(r["correct"][a][m]) for r in recs], [float(r["correct"][b][m]) for r in recs]).items()}
+        for b in ("fused", "+R") for a in names}
     return {"items": len(recs), "accuracy": acc, "segments": segs, "contested": contested,
             "segment_wins": wins, "agreed_share": 1 - contested / max(segs, 1), "rerank_choice": rerank,
+            "paired_points": paired,
             "speed": speed, "cpu_seconds": sum(sum(t["cpu"] for t in r["time"].values()) for r in recs),
             "wall_seconds": sum(sum(t["wall"] for t in r["time"].values()) for r in recs)}
 
@@ -239,6 +246,8 @@ def table(task: str, s: dict) -> str:
         rows.append(f"| {meth} | {100 * v['acc']:.1f} | {100 * v['ci95'][0]:.1f}-{100 * v['ci95'][1]:.1f} |")
     sp = s["speed"]["cpu"]
     rows.append("")
+    rows += [f"{k}: {v['diff']:+.1f} points, paired 95% CI [{v['lo']:+.1f}, {v['hi']:+.1f}]"
+             for k, v in s["paired_points"].items()]
     rows.append(f"segments won (contested {s['contested']} of {s['segments']}): "
                 + ", ".join(f"{n} {100 * w:.0f}%" for n, w in s["segment_wins"].items())
                 + "; +R chose " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in s["rerank_choice"].items()))
@@ -281,11 +290,13 @@ def main() -> None:
     for f in item_files(base):
         recs.update({r["index"]: r for r in (json.loads(x) for x in f.read_text().splitlines()[1:] if x.strip())})
     s = summarise(args.task, names, [recs[i] for i in sorted(recs)])
-    s.update(options=json.loads(main_file.read_text().splitlines()[0])["compress_fuse_generate"]["options"],
-             load=f"2 CPU cores shared with other sessions (load average {os.getloadavg()[0]:.1f} at the end); "
-                  f"torch threads {args.threads}")
     summary_file = RESULTS / "cool_fusion.json"
     allres = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    load = (f"2 CPU cores shared with other sessions (load average {os.getloadavg()[0]:.1f} at the end); "
+            f"torch threads {args.threads}")
+    if args.summary_only:  # the load of the run that answered the items, not of this summary
+        load = allres.get(args.task + suffix, {}).get("load", "unknown (summary only)")
+    s.update(options=json.loads(main_file.read_text().splitlines()[0])["compress_fuse_generate"]["options"], load=load)
     allres[args.task + suffix] = s
     summary_file.write_text(json.dumps(allres, indent=2) + "\n")
     print(table(args.task, s))
