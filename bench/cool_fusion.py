@@ -145,23 +145,11 @@ def item_files(base: str) -> list[Path]:
     return [main, *sorted(RESULTS.glob(f"{base}.items.shard*.jsonl"))]
 
 
-def answered(files: list[Path]) -> set[int]:
-    """Indices answered in any of `files` (complete lines only)."""
-    done: set[int] = set()
-    for f in files:
-        for x in f.read_text().splitlines()[1:] if f.is_file() else []:
-            try:
-                done.add(json.loads(x)["index"])
-            except (json.JSONDecodeError, KeyError):
-                pass
-    return done
-
-
 def run_items(args, names: list[str], out: Path, others: list[Path]) -> None:
     import torch
 
     from compress.fuse.cool_fusion import CoolFusionDecoder
-    from compress.fuse.generate import append_answer, open_answers
+    from compress.fuse.generate import answered_indices, append_answer, open_answers
     from compress.model.load import load
 
     torch.set_num_threads(args.threads)
@@ -169,7 +157,7 @@ def run_items(args, names: list[str], out: Path, others: list[Path]) -> None:
     items = items[: args.limit]
     options = {k: getattr(args, k) for k in ("task", "shots", "max_new_tokens", "max_segment_tokens", "segment")}
     options.update(models=[str(p) for p in args.model_paths], names=names, stop=stop)
-    done = open_answers(out, options, force=args.force) | answered(others)
+    done = open_answers(out, options, force=args.force).union(*(answered_indices(f) for f in others))
     k, n = args.shard
     todo = [i for i in range(len(items)) if i not in done and i % n == k]
     print(f"{args.task}: {len(done)} items done, {len(todo)} to go", file=sys.stderr, flush=True)

@@ -252,7 +252,8 @@ def run_eval(a, work: Path, evals: list[dict], plain_fmt: str, src: str, st: Sta
         rep = json.loads((work / b / "report.json").read_text())
         builds[b] = {k: rep.get(k) for k in ("prompts", "models", "sft", "dpo", "wrpo", "throughput")}
     out = {"task": a.task, "settings": vars(a), "eval_items": len(evals), "rows": results, "builds": builds,
-           "paired": paired(work / "eval", [r["row"] for r in results], len(evals)), "stages": st.done, "machine": "2 shared CPU cores (other jobs running; see load per stage)"}
+           "paired": paired(work / "eval", [r["row"] for r in results], len(evals)), "stages": st.done,
+           "machine": "2 shared CPU cores (other jobs running; see load per stage)"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fuse_implicit.json").write_text(json.dumps(out, indent=2))
     print(f"\n| row | accuracy ({len(evals)} held-out {a.task} items) | 95% bootstrap CI |\n|---|---|---|")

@@ -118,6 +118,12 @@ def open_answers(path: str | os.PathLike[str], options: dict[str, Any], force: b
     return set()
 
 
+def answered_indices(path: str | os.PathLike[str]) -> set[int]:
+    """The prompt indices an answer file holds complete answers for (empty when it is missing or not ours)."""
+    p = Path(path)
+    return _read_answers(p)[1] if p.is_file() else set()
+
+
 def _read_answers(p: Path) -> tuple[dict[str, Any] | None, set[int], int]:
     """(header, answered indices, byte length of the complete lines) of an answer file."""
     data = p.read_bytes()

@@ -124,3 +124,14 @@ def test_existing_files_follow_the_output_policy(tiny_pair_paths, tmp_path, caps
     assert code == 0 and lines(out)[1]["tokens"] == {"llama-bpe": 5}
     code, _, err = run([*argv[:-2], "-o", str(tiny_pair_paths["bpe"] / "x.jsonl")], capsys)
     assert code == 1 and "inside the input" in err
+
+
+def test_answered_indices_counts_complete_lines_only(tmp_path):
+    from compress.fuse.generate import answered_indices, open_answers
+
+    out = tmp_path / "answers.jsonl"
+    assert answered_indices(out) == set()
+    open_answers(out, {"k": 1})
+    with open(out, "a", encoding="utf-8") as f:
+        f.write('{"index": 3, "answer": "a"}\n{"index": 7, "answer": "b"}\n{"index": 9, "ans')  # killed mid-line
+    assert answered_indices(out) == {3, 7}
