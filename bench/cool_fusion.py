@@ -172,8 +172,8 @@ def run_items(args, names: list[str], out: Path, others: list[Path]) -> None:
         answers = {"fused": r["text"], "+R": r["rerank"]["text"], **{n: r["singles"][n]["text"] for n in names}}
         rec = {"index": i, "target": items[i]["target"], "answers": answers,
                "correct": {k: correct(args.task, a, items[i]) for k, a in answers.items()},
-               "rerank_chosen": r["rerank"]["chosen"], "wins": r["wins"], "agreed": r["agreed"],
-               "segments": len(r["segments"]), "tokens": {"fused": r["tokens"],
+               "rerank_chosen": r["rerank"]["chosen"], "wins": r["wins"], "backed": r["backed"],
+               "agreed": r["agreed"], "segments": len(r["segments"]), "tokens": {"fused": r["tokens"],
                                                           **{n: r["singles"][n]["tokens"] for n in names}},
                "finish": {"fused": r["finish_reason"], **{n: r["singles"][n]["finish_reason"] for n in names}},
                "time": r["time"]}
@@ -205,6 +205,9 @@ def summarise(task: str, names: list[str], recs: list[dict]) -> dict:
     contested = sum(sum(r["wins"].values()) for r in recs)
     segs = sum(r["segments"] for r in recs)
     wins = {n: sum(r["wins"][n] for r in recs) / max(contested, 1) for n in names}
+    # co-proposers credited too (items written before `backed` existed lack it: then None)
+    backed = ({n: sum(r["backed"][n] for r in recs) / max(contested, 1) for n in names}
+              if all("backed" in r for r in recs) else None)
     speed: dict[str, dict] = {}
     for clock in ("cpu", "wall"):
         single = {n: sum(r["tokens"][n] for r in recs) / sum(r["time"][f"single:{n}"][clock] for r in recs)
@@ -221,7 +224,7 @@ def summarise(task: str, names: list[str], recs: list[dict]) -> dict:
         [float(r["correct"][a][m]) for r in recs], [float(r["correct"][b][m]) for r in recs]).items()}
         for b in ("fused", "+R") for a in names}
     return {"items": len(recs), "accuracy": acc, "segments": segs, "contested": contested,
-            "segment_wins": wins, "agreed_share": 1 - contested / max(segs, 1), "rerank_choice": rerank,
+            "segment_wins": wins, "segment_backed": backed, "agreed_share": 1 - contested / max(segs, 1), "rerank_choice": rerank,
             "paired_points": paired,
             "speed": speed, "cpu_seconds": sum(sum(t["cpu"] for t in r["time"].values()) for r in recs),
             "wall_seconds": sum(sum(t["wall"] for t in r["time"].values()) for r in recs)}
@@ -239,6 +242,9 @@ def table(task: str, s: dict) -> str:
     rows.append(f"segments won (contested {s['contested']} of {s['segments']}): "
                 + ", ".join(f"{n} {100 * w:.0f}%" for n, w in s["segment_wins"].items())
                 + "; +R chose " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in s["rerank_choice"].items()))
+    if s.get("segment_backed"):
+        rows.append("proposed the winning text (co-proposers each credited): "
+                    + ", ".join(f"{n} {100 * w:.0f}%" for n, w in s["segment_backed"].items()))
     rows.append(f"speed (CPU time, tokens of {sp['slowest']}): fused {sp['fused_tokens_per_s']:.2f} tok/s vs "
                 f"{sp['slowest']} greedy {sp['single_tokens_per_s'][sp['slowest']]:.2f} tok/s = "
                 f"{sp['fused_vs_slowest']:.2f}x; wall {s['speed']['wall']['fused_vs_slowest']:.2f}x")

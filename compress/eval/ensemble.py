@@ -17,7 +17,8 @@ def score_ensemble(members: list[str], labels: list[str], fusion: str, lm_tasks:
                    dtype: str, limit: int | None, num_fewshot: int | None, seed: int, chat_template: bool,
                    max_gen_toks: int | None) -> dict[str, Any]:
     """One `compress eval` record for the fused decoder of `members`: the lm-eval results of its generation
-    tasks, with the segment wins per model and (with +R) what the rerank chose."""
+    tasks, with the segment wins per model (`backed`: co-proposers credited too) and (with +R) what the
+    rerank chose."""
     from compress.eval.harness import run_lm_eval
     from compress.model.load import load
     from compress.progress import info
@@ -40,7 +41,8 @@ def score_ensemble(members: list[str], labels: list[str], fusion: str, lm_tasks:
         "loaded_parameters": sum(sum(t.numel() for t in m.parameters()) for m, _ in loaded),
         "results": {t: r.as_dict() for t, r in results.items()},
         "fusion_stats": {"segments": segments, "agreed": segments - contested,
-                         "wins": {n: sum(r["wins"][n] for r in lm.records) for n in labels}}}
+                         "wins": {n: sum(r["wins"][n] for r in lm.records) for n in labels},
+                         "backed": {n: sum(r["backed"][n] for r in lm.records) for n in labels}}}
     if lm.rerank:
         rec["fusion_stats"]["rerank_chosen"] = {k: sum(r.get("rerank_chosen") == k for r in lm.records)
                                                 for k in ["fused", *labels]}

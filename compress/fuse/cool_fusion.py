@@ -119,12 +119,16 @@ def tail_start(st: State, text_bytes: bytes, start_char_bytes: int) -> tuple[int
 
 @dataclass
 class Decoded:
-    """The answer of one decoding run: raw text (lone surrogates for invalid bytes), segments, wins."""
+    """The answer of one decoding run: raw text (lone surrogates for invalid bytes), segments, wins.
+
+    `wins[u]` credits a contested segment to the first model that proposed the winning text; `backed[u]`
+    counts every model that proposed it (co-proposers included), so identical proposals are visible."""
 
     text: str = ""
     finish: str | None = None
     segments: list[dict[str, Any]] = field(default_factory=list)
     wins: list[int] = field(default_factory=list)
+    backed: list[int] = field(default_factory=list)
     eos_ids: list[list[int]] = field(default_factory=list)
 
     def add(self, segment: str, stop: list[str]) -> None:
@@ -149,6 +153,7 @@ class Decoded:
                     if "candidates" in sg else {})} for sg in self.segments]
         return {"text": clean(self.text), "finish_reason": self.finish, "segments": segs,
                 "wins": {st.src.name: n for st, n in zip(states, self.wins, strict=True)},
+                "backed": {st.src.name: n for st, n in zip(states, self.backed, strict=True)},
                 "agreed": sum(sg["agree"] for sg in self.segments),
                 "tokens": {st.src.name: st.generated for st in states},
                 "ids": {st.src.name: st.ids[len(st.prompt):] + e for st, e in zip(states, self.eos_ids, strict=True)}}
@@ -241,7 +246,7 @@ class CoolFusionDecoder:
         return st
 
     def _decode(self, states: list[State], stop: list[str], trace: bool) -> Decoded:
-        out = Decoded(wins=[0] * len(states), eos_ids=[[] for _ in states])
+        out = Decoded(wins=[0] * len(states), backed=[0] * len(states), eos_ids=[[] for _ in states])
         while out.finish is None:
             if any(st.generated >= st.budget for st in states):
                 out.finish = "length"
@@ -256,6 +261,8 @@ class CoolFusionDecoder:
                 mean = [sum(sc[j] for sc in scores) / len(states) for j in range(len(cands))]
                 w = select(mean)
                 out.wins[cands[w].proposers[0]] += 1
+                for u in cands[w].proposers:
+                    out.backed[u] += 1
             win = cands[w]
             seg: dict[str, Any] = {"text": win.text, "winner": states[win.proposers[0]].src.name,
                                    "agree": len(cands) == 1, "reason": win.reason}

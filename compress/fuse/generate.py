@@ -159,7 +159,7 @@ def answer_record(index: int, pid: Any, out: dict[str, Any], trace: bool) -> dic
     """The JSONL line of one answer: the method's answer (the "+R" choice with rerank), how it was made."""
     rec: dict[str, Any] = {"index": index, "id": pid, "answer": out["text"], "finish_reason": out["finish_reason"],
                            "tokens": out["tokens"], "segments": len(out["segments"]), "agreed": out["agreed"],
-                           "wins": out["wins"], "time": out["time"]}
+                           "wins": out["wins"], "backed": out["backed"], "time": out["time"]}
     if "rerank" in out:
         rec["fused"] = out["text"]
         rec["answer"] = out["rerank"]["text"]

@@ -86,6 +86,23 @@ def test_fused_pair_invariants(tiny_bpe, tiny_sp, segment):
             assert c["score"] == pytest.approx(sum(c["ppl"].values()) / 2)
 
 
+def test_co_proposers_are_credited_in_backed_and_only_the_first_in_wins(tiny_bpe, tiny_sp):
+    dec = CoolFusionDecoder([tiny_bpe, tiny_bpe, tiny_sp], names=["a", "b", "sp"], max_new_tokens=40,
+                            max_segment_tokens=8)
+    out = dec.generate(PROMPT, trace=True)
+    contested = [s for s in out["segments"] if not s["agree"]]
+    assert contested
+    backed, wins = dict.fromkeys("a b sp".split(), 0), dict.fromkeys("a b sp".split(), 0)
+    for s in contested:  # recount from the trace: the lowest mean score wins, ties to the first candidate
+        best = min(s["candidates"], key=lambda c: c["score"])
+        for name in best["models"]:
+            backed[name] += 1
+        wins[best["models"][0]] += 1
+    assert out["backed"] == backed and out["wins"] == wins
+    assert out["wins"]["b"] == 0 and out["backed"]["a"] == out["backed"]["b"]  # b always proposes what a does
+    assert out["backed"]["sp"] == out["wins"]["sp"] and sum(out["wins"].values()) == len(contested)
+
+
 @torch.no_grad()
 def hand_ppl(model, ids: list[int], start: int) -> float:
     """exp(-mean log p(ids[i] | ids[:i]) for i >= start), one plain forward without cache."""

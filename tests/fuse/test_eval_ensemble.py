@@ -21,6 +21,7 @@ def test_ensemble_row_beside_single_models(tiny_pair_paths, shared_data, tmp_pat
     stats = ens["fusion_stats"]
     assert set(stats["wins"]) == {"llama-bpe", "gemma3-sp"} and sum(stats["rerank_chosen"].values()) == 2
     assert sum(stats["wins"].values()) + stats["agreed"] == stats["segments"]
+    assert stats["backed"] == stats["wins"]  # two models: a contested segment's candidates have one proposer each
     assert res["settings"]["ensembles"] == [[bpe, sp]]
     saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert len(saved["models"][1]["results"]["gsm8k"]["items"]) == 2
