@@ -224,7 +224,8 @@ def summarise(task: str, names: list[str], recs: list[dict]) -> dict:
         [float(r["correct"][a][m]) for r in recs], [float(r["correct"][b][m]) for r in recs]).items()}
         for b in ("fused", "+R") for a in names}
     return {"items": len(recs), "accuracy": acc, "segments": segs, "contested": contested,
-            "segment_wins": wins, "segment_backed": backed, "agreed_share": 1 - contested / max(segs, 1), "rerank_choice": rerank,
+            "segment_wins": wins, "segment_backed": backed, "agreed_share": 1 - contested / max(segs, 1),
+            "rerank_choice": rerank,
             "paired_points": paired,
             "speed": speed, "cpu_seconds": sum(sum(t["cpu"] for t in r["time"].values()) for r in recs),
             "wall_seconds": sum(sum(t["wall"] for t in r["time"].values()) for r in recs)}

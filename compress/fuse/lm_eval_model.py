@@ -61,8 +61,8 @@ class FusedLM(LM):
             budget = int(kwargs.get("max_gen_toks", self.max_gen_toks))
             r = self.decoder.generate(parse_context(context), stop=until, max_new_tokens=budget)
             text = r["rerank"]["text"] if self.rerank and "rerank" in r else r["text"]
-            self.records.append({"wins": r["wins"], "backed": r["backed"], "agreed": r["agreed"], "segments": len(r["segments"]),
-                                 "tokens": r["tokens"], "time": r["time"],
+            self.records.append({"wins": r["wins"], "backed": r["backed"], "agreed": r["agreed"],
+                                 "segments": len(r["segments"]), "tokens": r["tokens"], "time": r["time"],
                                  **({"rerank_chosen": r["rerank"]["chosen"]} if "rerank" in r else {})})
             out.append(text)
             if self.progress:
